@@ -1,0 +1,280 @@
+"""Model configuration: one frozen dataclass read from a sentence-transformers checkpoint directory.
+
+The checkpoint spreads its settings over several files (config.json for the Gemma 3 encoder,
+modules.json + 1_Pooling + 2_Dense + 3_Dense for the head, config_sentence_transformers.json for the
+prompts). `ModelConfig.from_checkpoint_dir` reads them all and refuses anything this implementation
+would otherwise silently compute differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+SUPPORTED_DTYPES = ("float32", "bfloat16")
+
+# The sentence-transformers module chain of EmbeddingGemma, in order.
+ST_MODULE_TYPES = (
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Dense",
+    "sentence_transformers.models.Dense",
+    "sentence_transformers.models.Normalize",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a file, or holds a setting or tensor we cannot honour."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of EmbeddingGemma: the Gemma 3 bidirectional encoder plus the sentence head.
+
+    `sliding_window_radius` is the largest |i - j| a sliding layer may attend over: keys within that
+    distance on both sides are visible (256 for the released model, i.e. 513 keys per query).
+    """
+
+    vocab_size: int = 262144
+    hidden_size: int = 768
+    intermediate_size: int = 1152
+    num_layers: int = 24
+    num_heads: int = 3
+    num_kv_heads: int = 1
+    head_dim: int = 256
+    query_pre_attn_scalar: float = 256.0
+    rms_norm_eps: float = 1e-6
+    rope_theta_global: float = 1_000_000.0
+    rope_theta_local: float = 10_000.0
+    sliding_window_radius: int = 256
+    layer_types: tuple[str, ...] = tuple(SLIDING if (i + 1) % 6 else FULL for i in range(24))
+    max_position_embeddings: int = 2048
+    # The sentence head: Dense widths after pooling (no bias, identity activation), then L2 norm.
+    dense_features: tuple[int, ...] = (3072, 768)
+    max_seq_length: int = 2048
+    pad_id: int = 0
+    bos_id: int = 2
+    eos_id: int = 1
+    prompts: tuple[tuple[str, str], ...] = ()
+    default_prompt_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.layer_types) != self.num_layers:
+            raise CheckpointError(
+                f"layer_types has {len(self.layer_types)} entries but num_hidden_layers is {self.num_layers}"
+            )
+        unknown = sorted(set(self.layer_types) - {SLIDING, FULL})
+        if unknown:
+            raise CheckpointError(f"unsupported layer_types {unknown}; expected {SLIDING!r} or {FULL!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise CheckpointError(
+                f"num_attention_heads ({self.num_heads}) is not a multiple of "
+                f"num_key_value_heads ({self.num_kv_heads})"
+            )
+        if self.max_seq_length > self.max_position_embeddings:
+            raise CheckpointError(
+                f"max_seq_length {self.max_seq_length} exceeds max_position_embeddings "
+                f"{self.max_position_embeddings}"
+            )
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the final sentence embedding (the last Dense layer)."""
+        return self.dense_features[-1]
+
+    @property
+    def prompt_dict(self) -> dict[str, str]:
+        return dict(self.prompts)
+
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig:
+        """Named presets: the released model and the tiny test shape (configs/*.json)."""
+        path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.json"
+        if not path.is_file():
+            path = Path(__file__).resolve().parent / "data" / f"{name}.json"
+        if not path.is_file():
+            raise KeyError(f"unknown preset {name!r}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        for key in ("layer_types", "dense_features"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if "prompts" in d:
+            prompts = d["prompts"]
+            d["prompts"] = tuple(prompts.items()) if isinstance(prompts, dict) else tuple(map(tuple, prompts))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CheckpointError(f"unknown ModelConfig fields {unknown}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layer_types"] = list(self.layer_types)
+        d["dense_features"] = list(self.dense_features)
+        d["prompts"] = dict(self.prompts)
+        return d
+
+    @classmethod
+    def from_checkpoint_dir(cls, path: str | Path) -> ModelConfig:
+        """Read a sentence-transformers EmbeddingGemma directory (the google/embeddinggemma-300m layout)."""
+        root = Path(path)
+        hf = _read_json(root / "config.json")
+        modules = _read_json(root / "modules.json")
+        _check_modules(root, modules)
+        pooling = _read_json(root / modules[1]["path"] / "config.json")
+        _check_pooling(root / modules[1]["path"] / "config.json", pooling)
+        dense_features = []
+        in_features = hf.get("hidden_size")
+        for module in modules[2:4]:
+            file = root / module["path"] / "config.json"
+            dense = _read_json(file)
+            _check_dense(file, dense, in_features)
+            dense_features.append(int(dense["out_features"]))
+            in_features = dense["out_features"]
+        st_file = root / "sentence_bert_config.json"
+        st = _read_json(st_file) if st_file.exists() else {}
+        if st.get("do_lower_case"):
+            raise CheckpointError(f"{st_file}: do_lower_case=true is not supported")
+        cst_file = root / "config_sentence_transformers.json"
+        cst = _read_json(cst_file) if cst_file.exists() else {}
+        return cls(
+            **_encoder_fields(root / "config.json", hf),
+            dense_features=tuple(dense_features),
+            max_seq_length=int(st.get("max_seq_length") or hf.get("max_position_embeddings", 2048)),
+            prompts=tuple((cst.get("prompts") or {}).items()),
+            default_prompt_name=cst.get("default_prompt_name"),
+        )
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
+def _encoder_fields(file: Path, hf: dict[str, Any]) -> dict[str, Any]:
+    """Translate HF Gemma3TextConfig keys, rejecting settings that change the math we implement."""
+
+    def need(key: str) -> Any:
+        if key not in hf:
+            raise CheckpointError(f"{file}: missing key {key!r}")
+        return hf[key]
+
+    if hf.get("model_type") not in ("gemma3_text", "gemma3"):
+        raise CheckpointError(f"{file}: model_type {hf.get('model_type')!r} is not 'gemma3_text'")
+    if not hf.get("use_bidirectional_attention", False):
+        raise CheckpointError(
+            f"{file}: use_bidirectional_attention must be true (EmbeddingGemma is a bidirectional encoder)"
+        )
+    # final_logit_softcapping only acts on LM logits, which an encoder never computes.
+    for key in ("attn_logit_softcapping", "rope_scaling"):
+        if hf.get(key) is not None:
+            raise CheckpointError(f"{file}: {key}={hf[key]!r} is not supported (expected null)")
+    if hf.get("attention_bias", False):
+        raise CheckpointError(f"{file}: attention_bias=true is not supported")
+    act = hf.get("hidden_activation", "gelu_pytorch_tanh")
+    if act != "gelu_pytorch_tanh":
+        raise CheckpointError(f"{file}: hidden_activation {act!r} is not supported (gelu_pytorch_tanh)")
+
+    # Rope: transformers <5 writes rope_theta / rope_local_base_freq; 5.x writes rope_parameters per
+    # layer type. Anything but default rope would need scaling we do not implement.
+    rope = hf.get("rope_parameters") or {}
+    for layer_type, params in rope.items():
+        if params and params.get("rope_type", "default") != "default":
+            raise CheckpointError(f"{file}: rope_type {params['rope_type']!r} for {layer_type} not supported")
+    theta_global = (rope.get(FULL) or {}).get("rope_theta", hf.get("rope_theta", 1_000_000.0))
+    theta_local = (rope.get(SLIDING) or {}).get("rope_theta", hf.get("rope_local_base_freq", 10_000.0))
+
+    # transformers turns the stored window W into an exclusive bound W // 2 + 1 when attention is
+    # bidirectional (|i-j| < W//2+1), i.e. a radius of W // 2. We follow transformers exactly, so a
+    # file that already holds a converted (odd) value is read the way transformers reads it.
+    window = int(need("sliding_window"))
+    if window % 2:
+        logger.warning(
+            "%s: sliding_window=%d is odd, which suggests it was saved already converted; transformers "
+            "halves it again (radius %d) and so do we, to stay identical to the reference.",
+            file, window, window // 2,
+        )
+    num_layers = int(need("num_hidden_layers"))
+    pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
+    layer_types = hf.get("layer_types") or [
+        SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)
+    ]
+    num_heads = int(need("num_attention_heads"))
+    hidden = int(need("hidden_size"))
+    return dict(
+        vocab_size=int(need("vocab_size")),
+        hidden_size=hidden,
+        intermediate_size=int(need("intermediate_size")),
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=int(hf.get("num_key_value_heads", num_heads)),
+        head_dim=int(hf.get("head_dim") or hidden // num_heads),
+        query_pre_attn_scalar=float(need("query_pre_attn_scalar")),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta_global=float(theta_global),
+        rope_theta_local=float(theta_local),
+        sliding_window_radius=window // 2,
+        layer_types=tuple(layer_types),
+        max_position_embeddings=int(need("max_position_embeddings")),
+        pad_id=int(hf.get("pad_token_id", 0)),
+        bos_id=int(hf.get("bos_token_id", 2)),
+        eos_id=int(_first(hf.get("eos_token_id", 1))),
+    )
+
+
+def _first(x: Any) -> Any:
+    return x[0] if isinstance(x, list) else x
+
+
+def _check_modules(root: Path, modules: list[dict[str, Any]]) -> None:
+    types = tuple(m.get("type") for m in modules)
+    if types != ST_MODULE_TYPES:
+        raise CheckpointError(
+            f"{root / 'modules.json'}: expected the module chain {list(ST_MODULE_TYPES)}, found {list(types)}"
+        )
+
+
+def _check_pooling(file: Path, pooling: dict[str, Any]) -> None:
+    enabled = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True)
+    if enabled != ["pooling_mode_mean_tokens"]:
+        raise CheckpointError(f"{file}: only mean pooling is supported, found enabled modes {enabled}")
+    if not pooling.get("include_prompt", True):
+        raise CheckpointError(f"{file}: include_prompt=false is not supported")
+
+
+def _check_dense(file: Path, dense: dict[str, Any], in_features: Any) -> None:
+    if dense.get("bias", True):
+        raise CheckpointError(f"{file}: Dense with bias is not supported")
+    act = dense.get("activation_function", "")
+    if not act.endswith("Identity"):
+        raise CheckpointError(f"{file}: activation_function {act!r} is not supported (Identity)")
+    if dense.get("in_features") != in_features:
+        raise CheckpointError(f"{file}: in_features {dense.get('in_features')} != previous width {in_features}")
+
+
+def check_dtype(dtype: str) -> str:
+    """Refuse float16: activations reach ~1e5-1e6 and overflow it (DESIGN: float32 / bfloat16 only)."""
+    name = str(getattr(dtype, "name", dtype))
+    if name in ("float16", "half"):
+        raise ValueError(
+            "float16 is not supported: EmbeddingGemma activations exceed float16's range (~6.5e4) and "
+            "overflow to inf; use dtype='bfloat16' or 'float32'"
+        )
+    if name not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+    return name

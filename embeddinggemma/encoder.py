@@ -1,0 +1,258 @@
+"""The user API, shaped like sentence-transformers: `EmbeddingGemma.from_pretrained(...).encode(...)`.
+
+Batching: texts are sorted by token length (longest first, like sentence-transformers), cut into
+batches of `batch_size`, and each batch is padded to the next bucket length in `length_buckets`
+(64, 128, 256, 512, 1024, 2048, capped at max_seq_length) and to a power-of-two batch size (a multiple
+of the mesh's data-parallel size). So a model compiles at most len(buckets) * log2(batch_size)+1 shapes,
+whatever the input; each new shape is logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from embeddinggemma import checkpoint
+from embeddinggemma.config import ModelConfig, check_dtype
+from embeddinggemma.model import EmbeddingGemmaModule
+from embeddinggemma.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+PROGRESS_MIN_TEXTS = 512  # a progress bar appears by default from this many texts on
+
+
+def length_buckets(max_seq_length: int) -> tuple[int, ...]:
+    return (*tuple(b for b in LENGTH_BUCKETS if b < max_seq_length), max_seq_length)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+class EmbeddingGemma:
+    """EmbeddingGemma-300m in JAX. Construct with `from_pretrained`."""
+
+    def __init__(
+        self,
+        module: EmbeddingGemmaModule,
+        tokenizer: Tokenizer,
+        *,
+        metadata_dir: str | Path,
+        batch_multiple: int = 1,
+        batch_sharding: jax.sharding.Sharding | None = None,
+    ):
+        self.config: ModelConfig = module.config
+        self.tokenizer = tokenizer
+        self.metadata_dir = Path(metadata_dir)
+        self.dtype = jnp.dtype(module.dtype).name
+        self.graphdef, self.params = nnx.split(module)
+        self._batch_multiple = batch_multiple
+        self._batch_sharding = batch_sharding
+        self._compiled_shapes: set[tuple[int, int]] = set()
+        graphdef = self.graphdef
+        self._forward = jax.jit(lambda params, ids, valid: nnx.merge(graphdef, params)(ids, valid))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path,
+        *,
+        dtype: str = "float32",
+        attention_impl: str = "auto",
+    ) -> EmbeddingGemma:
+        """Load an HF / sentence-transformers directory, a native checkpoint, or a Hub id.
+
+        `dtype` is "float32" or "bfloat16" (parameters and compute); float16 is refused because this
+        model's activations overflow it.
+        """
+        dtype = check_dtype(dtype)
+        root = checkpoint.resolve(path_or_hub_id)
+        if checkpoint.is_native(root):
+            cfg = checkpoint.read_native_config(root)
+            params = checkpoint.load_native_params(root, cfg, param_dtype=dtype)
+            metadata_dir = root / "hf"
+        else:
+            cfg = ModelConfig.from_checkpoint_dir(root)
+            params = checkpoint.load_hf_params(root, cfg, param_dtype=dtype)
+            metadata_dir = root
+        module = nnx.eval_shape(
+            lambda: EmbeddingGemmaModule(
+                cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl=attention_impl
+            )
+        )
+        nnx.update(module, params)
+        return cls(module, Tokenizer(metadata_dir / "tokenizer.model", cfg), metadata_dir=metadata_dir)
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return self.config.prompt_dict
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Embed text(s): (dim,) for a str, (n, dim) for a list. float32, L2-normalized.
+
+        `prompt_name` picks a prompt from `self.prompts`; `prompt` is a literal prefix. `truncate_dim`
+        (any 1..768; the model was trained for 768/512/256/128) keeps the first dims and re-normalizes.
+        """
+        single, items = _as_list(texts)
+        prefix = self._resolve_prompt(prompt_name, prompt)
+        emb = self._embed([prefix + t for t in items], truncate_dim, batch_size, show_progress_bar)
+        return emb[0] if single else emb
+
+    def encode_query(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
+        """`encode` with the "query" prompt ("task: search result | query: ")."""
+        if "prompt" not in kwargs:
+            kwargs.setdefault("prompt_name", "query")
+        return self.encode(texts, **kwargs)
+
+    def encode_document(
+        self, texts: str | Sequence[str], titles: str | Sequence[str | None] | None = None, **kwargs: Any
+    ) -> np.ndarray:
+        """`encode` with the "document" prompt; a real title gives "title: {title} | text: "."""
+        if titles is None:
+            if "prompt" not in kwargs:
+                kwargs.setdefault("prompt_name", "document")
+            return self.encode(texts, **kwargs)
+        if "prompt" in kwargs or "prompt_name" in kwargs:
+            raise ValueError("pass titles or a prompt/prompt_name, not both")
+        single, items = _as_list(texts)
+        title_single, title_items = _as_list(titles, what="titles", allow_none_items=True)
+        if title_single != single or len(title_items) != len(items):
+            raise ValueError(f"got {len(items)} texts but {len(title_items)} titles")
+        full = [f"title: {t if t is not None else 'none'} | text: {x}" for t, x in zip(title_items, items, strict=True)]
+        emb = self._embed(
+            full, kwargs.pop("truncate_dim", None), kwargs.pop("batch_size", 32), kwargs.pop("show_progress_bar", None)
+        )
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        return emb[0] if single else emb
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity: (n, m) for 2-D inputs; a 1-D input counts as one row."""
+        a2, b2 = np.atleast_2d(np.asarray(a, np.float32)), np.atleast_2d(np.asarray(b, np.float32))
+        if a2.shape[-1] != b2.shape[-1]:
+            raise ValueError(f"embedding widths differ: {a2.shape[-1]} vs {b2.shape[-1]}")
+        a2 = a2 / np.maximum(np.linalg.norm(a2, axis=-1, keepdims=True), 1e-12)
+        b2 = b2 / np.maximum(np.linalg.norm(b2, axis=-1, keepdims=True), 1e-12)
+        return a2 @ b2.T
+
+    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        if prompt is not None and prompt_name is not None:
+            raise ValueError("pass either prompt_name or prompt, not both")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            return prompt
+        name = prompt_name if prompt_name is not None else self.config.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            raise ValueError(f"unknown prompt_name {name!r}; available: {sorted(self.prompts)}")
+        return self.prompts[name]
+
+    def _check_dim(self, truncate_dim: int | None) -> int:
+        full = self.config.embedding_dim
+        if truncate_dim is None:
+            return full
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int | np.integer):
+            raise TypeError(f"truncate_dim must be an int, got {type(truncate_dim).__name__}")
+        if not 1 <= truncate_dim <= full:
+            raise ValueError(f"truncate_dim must be in 1..{full}, got {truncate_dim}")
+        return int(truncate_dim)
+
+    def _embed(
+        self, texts: list[str], truncate_dim: int | None, batch_size: int, show_progress_bar: bool | None
+    ) -> np.ndarray:
+        dim = self._check_dim(truncate_dim)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        out = np.zeros((len(texts), self.config.embedding_dim), np.float32)
+        if texts:
+            ids = self.tokenizer.encode(texts)
+            order = np.argsort([-len(x) for x in ids], kind="stable")
+            show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
+            starts = range(0, len(texts), batch_size)
+            bar = tqdm(starts, desc="encode", unit="batch", disable=not show)
+            for start in bar:
+                idx = order[start : start + batch_size]
+                out[idx] = self.embed_ids([ids[i] for i in idx])
+        if dim < out.shape[1]:
+            out = out[:, :dim]
+            out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+        return out
+
+    def pad_batch(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Pad to the bucket length and a power-of-two batch size (multiple of the data-parallel size)."""
+        longest = max(len(x) for x in ids)
+        length = next(b for b in length_buckets(self.config.max_seq_length) if b >= longest)
+        rows = _next_pow2(len(ids))
+        rows = -(-rows // self._batch_multiple) * self._batch_multiple
+        tokens = np.full((rows, length), self.config.pad_id, np.int32)
+        for r, x in enumerate(ids):
+            tokens[r, : len(x)] = x
+        valid = np.zeros((rows, length), bool)
+        for r, x in enumerate(ids):
+            valid[r, : len(x)] = True
+        return tokens, valid
+
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Embed pre-tokenized sequences (with <bos>/<eos>), one padded batch."""
+        tokens, valid = self.pad_batch(ids)
+        if tokens.shape not in self._compiled_shapes:
+            logger.debug("compiling encode for batch %d x %d tokens", *tokens.shape)
+            self._compiled_shapes.add(tokens.shape)
+        t0 = time.perf_counter()
+        if self._batch_sharding is not None:
+            tokens = jax.device_put(tokens, self._batch_sharding)
+            valid = jax.device_put(valid, self._batch_sharding)
+        emb = np.asarray(jax.device_get(self._forward(self.params, tokens, valid)))
+        logger.debug("batch %s in %.3fs", tokens.shape, time.perf_counter() - t0)
+        result = emb[: len(ids)]
+        if not np.isfinite(result).all():
+            raise FloatingPointError("non-finite embedding produced; this is a bug, please report it")
+        return result
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, out_dir: str | Path, *, format: str = "sentence-transformers") -> Path:
+        """Write a sentence-transformers directory (default) or our native orbax checkpoint."""
+        if format == "sentence-transformers":
+            return checkpoint.save_hf(self.params, self.metadata_dir, out_dir)
+        if format == "native":
+            return checkpoint.save_native(self.params, self.config, self.metadata_dir, out_dir)
+        raise ValueError(f"unknown format {format!r}; use 'sentence-transformers' or 'native'")
+
+
+def _as_list(texts: Any, *, what: str = "texts", allow_none_items: bool = False) -> tuple[bool, list]:
+    """(was a single str, list of items), with errors that name the bad item."""
+    if isinstance(texts, str):
+        return True, [texts]
+    if texts is None or isinstance(texts, bytes | dict) or not isinstance(texts, Sequence | np.ndarray):
+        raise TypeError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
+    items = list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str) and not (allow_none_items and t is None):
+            raise TypeError(f"{what}[{i}] must be a str, got {type(t).__name__}")
+    return False, items

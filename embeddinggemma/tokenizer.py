@@ -1,0 +1,53 @@
+"""SentencePiece tokenization with EmbeddingGemma's framing: <bos> prompt+text <eos>.
+
+Deliberate choices (tested in tests/test_tokenizer.py):
+- Text is tokenized as given, prompt prepended, no stripping: sentence-transformers 6 no longer strips
+  (5.x did), and the installed reference is what we match.
+- Literal special-token strings typed in user text ("<bos>", "<eos>", "<start_of_turn>") are plain
+  text to SentencePiece; the HF fast tokenizer would turn them into control tokens. Treating user text
+  as text means no input can forge a sequence boundary, and it is what the model saw for such strings
+  in ordinary documents. This is the only place our ids may differ from the HF tokenizer's.
+- Truncation keeps <bos> and <eos> and cuts the text to max_seq_length - 2 pieces, like HF's
+  truncation with special tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from embeddinggemma.config import CheckpointError, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+class Tokenizer:
+    def __init__(self, model_file: str | Path, cfg: ModelConfig):
+        model_file = Path(model_file)
+        if not model_file.is_file():
+            raise CheckpointError(f"missing tokenizer file {model_file}")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        except (RuntimeError, OSError) as e:
+            raise CheckpointError(f"{model_file}: not a SentencePiece model ({e})") from e
+        if self.sp.get_piece_size() > cfg.vocab_size:
+            raise CheckpointError(
+                f"{model_file}: {self.sp.get_piece_size()} pieces but the model has vocab_size {cfg.vocab_size}"
+            )
+        self.bos_id, self.eos_id, self.pad_id = cfg.bos_id, cfg.eos_id, cfg.pad_id
+        self.max_seq_length = cfg.max_seq_length
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with <bos>/<eos>, truncated to max_seq_length (one warning saying how many)."""
+        pieces = self.sp.encode(list(texts)) if texts else []
+        room = self.max_seq_length - 2
+        truncated = sum(len(p) > room for p in pieces)
+        if truncated:
+            logger.warning(
+                "%d of %d texts exceed max_seq_length=%d tokens and were truncated",
+                truncated, len(pieces), self.max_seq_length,
+            )
+        return [[self.bos_id, *p[:room], self.eos_id] for p in pieces]
