@@ -58,6 +58,16 @@ class _Rule:
     def __init__(self, pattern: str, path: Callable[[re.Match], Path_], kind: str):
         self.pattern, self.path, self.kind = re.compile(pattern), path, kind
 
+    def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the HF tensor must have for our parameter of `shape`."""
+        if self.kind == "same":
+            return tuple(shape)
+        if self.kind == "in_to_heads":
+            return (int(np.prod(shape[1:])), shape[0])
+        if self.kind == "heads_to_out":
+            return (shape[-1], int(np.prod(shape[:-1])))
+        return tuple(reversed(shape))
+
     def to_ours(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if self.kind == "same":
             return x
@@ -171,13 +181,11 @@ def load_hf_params(
                     continue
                 rule, path = found
                 want = expected[path].shape
-                x = rule.to_ours(f.get_tensor(raw_key), want)
-                if x.shape != tuple(want):
-                    got = f.get_slice(raw_key).get_shape()
-                    errors.append(
-                        f"{file}: tensor {raw_key!r} has shape {tuple(got)}, expected one that maps to {want}"
-                    )
+                got, hf_want = tuple(f.get_slice(raw_key).get_shape()), rule.hf_shape(want)
+                if got != hf_want:
+                    errors.append(f"{file}: tensor {raw_key!r} has shape {got}, expected {hf_want}")
                     continue
+                x = rule.to_ours(f.get_tensor(raw_key), want)
                 sharding = target.get(path)
                 loaded[path] = _place(x.astype(expected[path].dtype), getattr(sharding, "value", sharding))
     for path in expected:
@@ -358,3 +366,16 @@ def resolve(path_or_hub_id: str | Path) -> Path:
         raise CheckpointError(f"{name}: no such Hub repository (or no access to it)") from e
     except Exception as e:  # offline, DNS, proxy, timeouts: huggingface_hub raises many types
         raise CheckpointError(f"could not download {name} from the Hugging Face Hub ({e}); {HUB_HINT}") from e
+
+
+def convert(src: str | Path, dst: str | Path) -> Path:
+    """HF / sentence-transformers directory (or Hub id) -> native checkpoint, or native -> HF.
+
+    Parameters stay float32 (the released checkpoint's dtype), so the round trip is bit exact.
+    """
+    root = resolve(src)
+    if is_native(root):
+        cfg = read_native_config(root)
+        return save_hf(load_native_params(root, cfg), root / "hf", dst)
+    cfg = ModelConfig.from_checkpoint_dir(root)
+    return save_native(load_hf_params(root, cfg), cfg, root, dst)

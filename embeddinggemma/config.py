@@ -95,12 +95,10 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
-        """Named presets: the released model and the tiny test shape (configs/*.json)."""
+        """Named presets in the repository's configs/ (the dataclass defaults are embeddinggemma-300m)."""
         path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.json"
         if not path.is_file():
-            path = Path(__file__).resolve().parent / "data" / f"{name}.json"
-        if not path.is_file():
-            raise KeyError(f"unknown preset {name!r}")
+            raise KeyError(f"unknown preset {name!r}: no {path}")
         return cls.from_dict(json.loads(path.read_text()))
 
     @classmethod

@@ -1,0 +1,112 @@
+"""The user API: shapes, bucketing, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from embeddinggemma import EmbeddingGemma
+from embeddinggemma.encoder import length_buckets
+from tests.texts import SHORT, long_text
+
+
+def test_shapes_and_dtype(tiny_model: EmbeddingGemma):
+    dim = tiny_model.config.embedding_dim
+    assert tiny_model.encode("one").shape == (dim,)
+    assert tiny_model.encode(["one", "two"]).shape == (2, dim)
+    assert tiny_model.encode(("one", "two")).dtype == np.float32
+    empty = tiny_model.encode([])
+    assert empty.shape == (0, dim) and empty.dtype == np.float32
+    assert tiny_model.encode([], truncate_dim=16).shape == (0, 16)
+
+
+def test_similarity_is_cosine(tiny_model: EmbeddingGemma):
+    q = tiny_model.encode_query("Which planet is known as the Red Planet?")
+    d = tiny_model.encode_document(SHORT[:3])
+    s = tiny_model.similarity(q, d)
+    assert s.shape == (1, 3)
+    np.testing.assert_allclose(s[0], d @ q, atol=1e-6)
+    np.testing.assert_allclose(tiny_model.similarity(d, d).diagonal(), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="widths differ"):
+        tiny_model.similarity(q, d[:, :5])
+
+
+def test_prompts_come_from_the_checkpoint(tiny_model: EmbeddingGemma):
+    assert tiny_model.prompts["query"] == "task: search result | query: "
+    assert tiny_model.prompts["document"] == "title: none | text: "
+    np.testing.assert_array_equal(
+        tiny_model.encode("x", prompt="task: sentence similarity | query: "), tiny_model.encode("x", prompt_name="STS")
+    )
+
+
+@pytest.mark.parametrize(
+    ("texts", "error", "match"),
+    [
+        (None, TypeError, "texts must be a str or a list of str, got NoneType"),
+        (["ok", 3], TypeError, r"texts\[1\] must be a str, got int"),
+        (["ok", None], TypeError, r"texts\[1\] must be a str, got NoneType"),
+        (b"bytes", TypeError, "got bytes"),
+        (42, TypeError, "got int"),
+    ],
+)
+def test_bad_texts(tiny_model: EmbeddingGemma, texts, error, match):
+    with pytest.raises(error, match=match):
+        tiny_model.encode(texts)
+
+
+def test_bad_arguments(tiny_model: EmbeddingGemma):
+    with pytest.raises(ValueError, match=r"unknown prompt_name 'nope'; available: \['BitextMining'"):
+        tiny_model.encode("x", prompt_name="nope")
+    with pytest.raises(ValueError, match="either prompt_name or prompt"):
+        tiny_model.encode("x", prompt_name="query", prompt="q: ")
+    for dim in (0, -1, tiny_model.config.embedding_dim + 1):
+        with pytest.raises(ValueError, match="truncate_dim must be in 1.."):
+            tiny_model.encode("x", truncate_dim=dim)
+    with pytest.raises(TypeError, match="truncate_dim must be an int"):
+        tiny_model.encode("x", truncate_dim=2.5)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        tiny_model.encode("x", batch_size=0)
+    with pytest.raises(ValueError, match="got 2 texts but 1 titles"):
+        tiny_model.encode_document(["a", "b"], titles=["t"])
+
+
+def test_long_texts_are_truncated_with_one_warning(tiny_model: EmbeddingGemma, caplog):
+    max_len = tiny_model.config.max_seq_length
+    texts = [long_text(600, seed=1), "short", long_text(700, seed=2)]
+    with caplog.at_level(logging.WARNING, logger="embeddinggemma"):
+        emb = tiny_model.encode(texts)
+    warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 3 texts exceed max_seq_length=256" in warnings[0].getMessage()
+    ids = tiny_model.tokenizer.encode(texts)
+    assert [len(x) for x in ids] == [max_len, len(ids[1]), max_len]
+    assert ids[0][0] == tiny_model.config.bos_id and ids[0][-1] == tiny_model.config.eos_id
+    assert np.isfinite(emb).all()
+
+
+def test_compiled_shapes_are_bounded(tiny_dir):
+    model = EmbeddingGemma.from_pretrained(tiny_dir)
+    texts = [long_text(n, seed=n) for n in range(1, 200, 7)]
+    for bs in (1, 3, 8):
+        model.encode(texts, batch_size=bs)
+    buckets = length_buckets(model.config.max_seq_length)
+    assert buckets == (64, 128, 256)
+    assert {t for _, t in model._compiled_shapes} <= set(buckets)
+    assert {b for b, _ in model._compiled_shapes} <= {1, 2, 4, 8}
+
+
+def test_progress_bar_only_for_large_inputs(tiny_model: EmbeddingGemma, capsys):
+    tiny_model.encode(["a", "b"])
+    assert "encode" not in capsys.readouterr().err
+    tiny_model.encode(["a", "b"], show_progress_bar=True)
+    assert "encode" in capsys.readouterr().err
+
+
+def test_all_padding_rows_stay_finite(tiny_model: EmbeddingGemma):
+    """A batch padded with empty rows (power-of-two batch) must not put NaN anywhere."""
+    tokens, valid = tiny_model.pad_batch([[2, 5, 1], [2, 1], [2, 7, 7, 1]])
+    assert tokens.shape[0] == 4 and not valid[3].any()
+    out = np.asarray(tiny_model._forward(tiny_model.params, tokens, valid))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[3], 0.0)
