@@ -97,14 +97,18 @@ _RULES = (
         lambda m: ("layers", int(m[1]), m[2], "weight"),
         "same",
     ),
-    _Rule(_L + r"self_attn\.(q_norm|k_norm)\.weight", lambda m: ("layers", int(m[1]), "self_attn", m[2], "weight"),
-          "same"),
-    _Rule(_L + r"self_attn\.(q_proj|k_proj|v_proj)\.weight", lambda m: ("layers", int(m[1]), "self_attn", m[2]),
-          "in_to_heads"),
-    _Rule(_L + r"self_attn\.o_proj\.weight", lambda m: ("layers", int(m[1]), "self_attn", "o_proj"),
-          "heads_to_out"),
-    _Rule(_L + r"mlp\.(gate_proj|up_proj|down_proj)\.weight", lambda m: ("layers", int(m[1]), "mlp", m[2]),
-          "transpose"),
+    _Rule(
+        _L + r"self_attn\.(q_norm|k_norm)\.weight", lambda m: ("layers", int(m[1]), "self_attn", m[2], "weight"), "same"
+    ),
+    _Rule(
+        _L + r"self_attn\.(q_proj|k_proj|v_proj)\.weight",
+        lambda m: ("layers", int(m[1]), "self_attn", m[2]),
+        "in_to_heads",
+    ),
+    _Rule(_L + r"self_attn\.o_proj\.weight", lambda m: ("layers", int(m[1]), "self_attn", "o_proj"), "heads_to_out"),
+    _Rule(
+        _L + r"mlp\.(gate_proj|up_proj|down_proj)\.weight", lambda m: ("layers", int(m[1]), "mlp", m[2]), "transpose"
+    ),
     _Rule(r"dense\.(\d+)\.linear\.weight", lambda m: ("dense", int(m[1])), "transpose"),
 )
 

@@ -75,13 +75,11 @@ class ModelConfig:
             raise CheckpointError(f"unsupported layer_types {unknown}; expected {SLIDING!r} or {FULL!r}")
         if self.num_heads % self.num_kv_heads:
             raise CheckpointError(
-                f"num_attention_heads ({self.num_heads}) is not a multiple of "
-                f"num_key_value_heads ({self.num_kv_heads})"
+                f"num_attention_heads ({self.num_heads}) is not a multiple of num_key_value_heads ({self.num_kv_heads})"
             )
         if self.max_seq_length > self.max_position_embeddings:
             raise CheckpointError(
-                f"max_seq_length {self.max_seq_length} exceeds max_position_embeddings "
-                f"{self.max_position_embeddings}"
+                f"max_seq_length {self.max_seq_length} exceeds max_position_embeddings {self.max_position_embeddings}"
             )
 
     @property
@@ -205,13 +203,13 @@ def _encoder_fields(file: Path, hf: dict[str, Any]) -> dict[str, Any]:
         logger.warning(
             "%s: sliding_window=%d is odd, which suggests it was saved already converted; transformers "
             "halves it again (radius %d) and so do we, to stay identical to the reference.",
-            file, window, window // 2,
+            file,
+            window,
+            window // 2,
         )
     num_layers = int(need("num_hidden_layers"))
     pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
-    layer_types = hf.get("layer_types") or [
-        SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)
-    ]
+    layer_types = hf.get("layer_types") or [SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)]
     num_heads = int(need("num_attention_heads"))
     hidden = int(need("hidden_size"))
     return dict(

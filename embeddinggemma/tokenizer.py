@@ -48,6 +48,8 @@ class Tokenizer:
         if truncated:
             logger.warning(
                 "%d of %d texts exceed max_seq_length=%d tokens and were truncated",
-                truncated, len(pieces), self.max_seq_length,
+                truncated,
+                len(pieces),
+                self.max_seq_length,
             )
         return [[self.bos_id, *p[:room], self.eos_id] for p in pieces]

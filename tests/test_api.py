@@ -62,7 +62,7 @@ def test_bad_arguments(tiny_model: EmbeddingGemma):
     with pytest.raises(ValueError, match="either prompt_name or prompt"):
         tiny_model.encode("x", prompt_name="query", prompt="q: ")
     for dim in (0, -1, tiny_model.config.embedding_dim + 1):
-        with pytest.raises(ValueError, match="truncate_dim must be in 1.."):
+        with pytest.raises(ValueError, match=r"truncate_dim must be in 1\.\."):
             tiny_model.encode("x", truncate_dim=dim)
     with pytest.raises(TypeError, match="truncate_dim must be an int"):
         tiny_model.encode("x", truncate_dim=2.5)

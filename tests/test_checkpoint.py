@@ -82,7 +82,9 @@ def test_misshaped_tensor_names_key_and_shapes(broken: Path):
 
 
 def test_dense_shape_error_names_its_file(broken: Path):
-    _edit_tensors(broken / "3_Dense/model.safetensors", lambda t: t.update({"linear.weight": t["linear.weight"][:, :5]}))
+    _edit_tensors(
+        broken / "3_Dense/model.safetensors", lambda t: t.update({"linear.weight": t["linear.weight"][:, :5]})
+    )
     with pytest.raises(CheckpointError, match=r"3_Dense/model\.safetensors: tensor 'linear\.weight' has shape"):
         EmbeddingGemma.from_pretrained(broken)
 

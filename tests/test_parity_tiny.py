@@ -79,11 +79,15 @@ def test_per_layer_hidden_states(tiny_model, tiny_st):
 
     hf = tiny_st[0].auto_model
     captured: list[np.ndarray] = []
-    hooks = [layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
-             for layer in hf.layers]
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+        for layer in hf.layers
+    ]
     try:
         with torch.no_grad():
-            out = hf(input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(valid, dtype=torch.long))
+            out = hf(
+                input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(valid, dtype=torch.long)
+            )
     finally:
         for h in hooks:
             h.remove()

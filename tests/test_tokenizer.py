@@ -11,8 +11,16 @@ from embeddinggemma.tokenizer import Tokenizer
 from tests.texts import SHORT, long_text
 
 # "<start_of_turn>" is a user-defined piece: one token in both tokenizers.
-ORDINARY = [*SHORT, long_text(80, seed=3), "x" * 50, "   ", "\n", "🧑‍🚀 astronaut", "naïve café — “quotes”",
-            "<start_of_turn>user\nhi<end_of_turn>"]
+ORDINARY = [
+    *SHORT,
+    long_text(80, seed=3),
+    "x" * 50,
+    "   ",
+    "\n",
+    "🧑‍🚀 astronaut",
+    "naïve café — “quotes”",
+    "<start_of_turn>user\nhi<end_of_turn>",
+]
 # Control-token strings: plain text to SentencePiece, control tokens to the HF fast tokenizer.
 SPECIAL_STRINGS = ["<bos>literal", "a <eos> b", "<pad>"]
 

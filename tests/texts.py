@@ -23,7 +23,11 @@ SHORT = [
     "",
 ]
 
-_WORDS = ["the", "model", "encodes", "text", "into", "dense", "vectors", "for", "search", "retrieval", "and", "clustering", "while", "a", "sliding", "window", "attention", "layer", "sees", "nearby", "tokens", "and", "global", "layers", "see", "everything", "der", "die", "das", "und", "la", "le", "les", "de", "東京", "北京", "Москва", "код", "функция", "return", "value", "planet", "orbit", "42", "3.14", "✓", "—", "(x", "+", "y)", "*", "z"]
+_WORDS = (
+    "the model encodes text into dense vectors for search retrieval and clustering while a sliding window "
+    "attention layer sees nearby tokens and global layers see everything der die das und la le les de "
+    "東京 北京 Москва код функция return value planet orbit 42 3.14 ✓ — (x + y) * z"
+).split()
 
 
 def long_text(n_words: int, seed: int) -> str:
