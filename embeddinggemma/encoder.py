@@ -1,10 +1,11 @@
 """The user API, shaped like sentence-transformers: `EmbeddingGemma.from_pretrained(...).encode(...)`.
 
-Batching: texts are sorted by token length (longest first, like sentence-transformers), cut into
-batches of `batch_size`, and each batch is padded to the next bucket length in `length_buckets`
-(64, 128, 256, 512, 1024, 2048, capped at max_seq_length) and to a power-of-two batch size (a multiple
-of the mesh's data-parallel size). So a model compiles at most len(buckets) * log2(batch_size)+1 shapes,
-whatever the input; each new shape is logged at debug level.
+Batching: texts are sorted by token length (longest first, like sentence-transformers) and grouped
+by length bucket (`LENGTH_BUCKETS`, capped at max_seq_length); each batch holds at most `batch_size`
+texts of one bucket, padded to the bucket length and to a power-of-two row count (a multiple of the
+mesh's data-parallel size). A short query never pays for a long document in its batch, and a model
+compiles at most len(buckets) * (log2(batch_size) + 1) shapes whatever the input; each new shape is
+logged at debug level.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from embeddinggemma.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+LENGTH_BUCKETS = (64, 128, 256, 512, 768, 1024, 1536, 2048)
 PROGRESS_MIN_TEXTS = 512  # a progress bar appears by default from this many texts on
 
 
@@ -191,22 +192,36 @@ class EmbeddingGemma:
         out = np.zeros((len(texts), self.config.embedding_dim), np.float32)
         if texts:
             ids = self.tokenizer.encode(texts)
-            order = np.argsort([-len(x) for x in ids], kind="stable")
             show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
-            starts = range(0, len(texts), batch_size)
-            bar = tqdm(starts, desc="encode", unit="batch", disable=not show)
-            for start in bar:
-                idx = order[start : start + batch_size]
-                out[idx] = self.embed_ids([ids[i] for i in idx])
+            with tqdm(total=len(texts), desc="encode", unit="text", disable=not show) as bar:
+                for idx in self._batches([len(x) for x in ids], batch_size):
+                    out[idx] = self.embed_ids([ids[i] for i in idx])
+                    bar.update(len(idx))
         if dim < out.shape[1]:
             out = out[:, :dim]
             out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
         return out
 
+    def _bucket(self, length: int) -> int:
+        return next(b for b in length_buckets(self.config.max_seq_length) if b >= length)
+
+    def _batches(self, lengths: list[int], batch_size: int) -> list[np.ndarray]:
+        """Indices of each batch: longest first, one length bucket per batch, at most batch_size."""
+        order = np.argsort([-n for n in lengths], kind="stable")
+        batches: list[list[int]] = []
+        for i in order:
+            if (
+                not batches
+                or len(batches[-1]) == batch_size
+                or self._bucket(lengths[batches[-1][0]]) != self._bucket(lengths[i])
+            ):
+                batches.append([])
+            batches[-1].append(int(i))
+        return [np.asarray(b) for b in batches]
+
     def pad_batch(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Pad to the bucket length and a power-of-two batch size (multiple of the data-parallel size)."""
-        longest = max(len(x) for x in ids)
-        length = next(b for b in length_buckets(self.config.max_seq_length) if b >= longest)
+        length = self._bucket(max(len(x) for x in ids))
         rows = _next_pow2(len(ids))
         rows = -(-rows // self._batch_multiple) * self._batch_multiple
         tokens = np.full((rows, length), self.config.pad_id, np.int32)
