@@ -117,7 +117,7 @@ class EmbeddingGemma:
         (any 1..768; the model was trained for 768/512/256/128) keeps the first dims and re-normalizes.
         """
         single, items = _as_list(texts)
-        prefix = self._resolve_prompt(prompt_name, prompt)
+        prefix = self.resolve_prompt(prompt_name, prompt)
         emb = self._embed([prefix + t for t in items], truncate_dim, batch_size, show_progress_bar)
         return emb[0] if single else emb
 
@@ -159,7 +159,8 @@ class EmbeddingGemma:
         b2 = b2 / np.maximum(np.linalg.norm(b2, axis=-1, keepdims=True), 1e-12)
         return a2 @ b2.T
 
-    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+    def resolve_prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
+        """The literal prefix `encode` puts before each text (for callers that tokenize themselves)."""
         if prompt is not None and prompt_name is not None:
             raise ValueError("pass either prompt_name or prompt, not both")
         if prompt is not None:
@@ -186,14 +187,27 @@ class EmbeddingGemma:
     def _embed(
         self, texts: list[str], truncate_dim: int | None, batch_size: int, show_progress_bar: bool | None
     ) -> np.ndarray:
+        ids = self.tokenizer.encode(texts) if texts else []
+        return self.encode_ids(
+            ids, truncate_dim=truncate_dim, batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
+
+    def encode_ids(
+        self,
+        ids: list[list[int]],
+        *,
+        truncate_dim: int | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """`encode` for pre-tokenized sequences (with <bos>/<eos>), e.g. when the caller counts tokens."""
         dim = self._check_dim(truncate_dim)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        out = np.zeros((len(texts), self.config.embedding_dim), np.float32)
-        if texts:
-            ids = self.tokenizer.encode(texts)
-            show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
-            with tqdm(total=len(texts), desc="encode", unit="text", disable=not show) as bar:
+        out = np.zeros((len(ids), self.config.embedding_dim), np.float32)
+        if ids:
+            show = len(ids) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
+            with tqdm(total=len(ids), desc="encode", unit="text", disable=not show) as bar:
                 for idx in self._batches([len(x) for x in ids], batch_size):
                     out[idx] = self.embed_ids([ids[i] for i in idx])
                     bar.update(len(idx))
