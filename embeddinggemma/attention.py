@@ -1,19 +1,41 @@
-"""Bidirectional attention with an optional sliding window, behind one function.
+"""Bidirectional attention with an optional sliding window, behind one function and several backends.
 
 `attention(q, k, v, valid, radius=..., scale=..., impl=...)` is the only entry point the model uses.
 q is (B, T, N, H), k and v are (B, T, K, H) with N a multiple of K (grouped queries), `valid` (B, T)
 marks real tokens. A query at i sees key j iff j is a real token and, in sliding layers, |i - j| <=
 radius. Masked logits get a large finite negative value, so a row with no visible key (a padding row
-of a padded batch) yields finite output instead of NaN.
+of a padded batch) yields finite output instead of NaN. Rows of padding queries are unspecified
+(finite) and differ between backends; callers ignore them (pooling excludes padding).
+
+Backends (`impl`):
+
+* "dense"    - the reference: full T x T logits, float32 softmax. Cost grows with T^2 for every layer.
+* "blocked"  - sliding layers attend block by block: queries in blocks of C = radius / 2 see only the
+               5 key blocks around them (5C = 2.5 * radius keys instead of T), so cost grows with
+               T * radius. Global layers use "dense". Plain XLA: the CPU default, also runs on TPU/GPU.
+* "dot_product" - jax.nn.dot_product_attention with `local_window_size`; cuDNN for global layers on GPU
+               in bfloat16 (cuDNN refuses a bidirectional window), XLA otherwise. The GPU default.
+* "splash"   - Pallas splash attention (TPU): LocalMask(radius, radius) for sliding layers so masked-out
+               key blocks are never loaded or computed, FullMask for global layers, padding as segment
+               ids. Inside shard_map over the batch axes of the mesh set by `jax.set_mesh`. The TPU default.
+* "splash_interpret" - the same kernel run by the Pallas interpreter, for checking it on CPU.
+* "auto"     - by platform: tpu -> splash, gpu -> dot_product, otherwise blocked.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
 
 MASK_VALUE = -1e30  # finite: softmax over an all-masked row is uniform, not NaN
-IMPLEMENTATIONS = ("auto", "dense")
+IMPLEMENTATIONS = ("auto", "dense", "blocked", "dot_product", "splash", "splash_interpret")
+BATCH_AXES = ("data", "fsdp")  # the mesh axes that split the batch (see embeddinggemma.sharding)
+SPLASH_ALIGN = 128  # splash with segment ids needs sequence blocks that are multiples of 128
 
 
 def attention(
@@ -21,7 +43,21 @@ def attention(
 ) -> jax.Array:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")
-    return dense_attention(q, k, v, valid, radius=radius, scale=scale)
+    impl = resolve(impl)
+    if impl == "dense":
+        return dense_attention(q, k, v, valid, radius=radius, scale=scale)
+    if impl == "blocked":
+        return blocked_attention(q, k, v, valid, radius=radius, scale=scale)
+    if impl == "dot_product":
+        return dot_product_attention(q, k, v, valid, radius=radius, scale=scale)
+    return splash_attention(q, k, v, valid, radius=radius, scale=scale, interpret=impl == "splash_interpret")
+
+
+def resolve(impl: str) -> str:
+    """ "auto" -> the backend for the platform being traced for."""
+    if impl != "auto":
+        return impl
+    return {"tpu": "splash", "gpu": "dot_product"}.get(jax.default_backend(), "blocked")
 
 
 def dense_attention(
@@ -39,3 +75,129 @@ def dense_attention(
     probs = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
     return out.reshape(b, t, n, h)
+
+
+BLOCKS_PER_RADIUS = 2  # query block C = radius / 2: each block reads 2 * 2 + 1 = 5 key blocks
+
+
+def blocked_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, radius: int | None, scale: float
+) -> jax.Array:
+    """Sliding-window attention computed only near the diagonal; global layers fall back to dense.
+
+    Queries are cut into blocks of C tokens; block i needs keys from i*C - radius to (i+1)*C + radius,
+    i.e. key blocks i-m .. i+m with m = ceil(radius / C). Keys are padded by m*C on both sides, and
+    the 2m+1 shifted copies are stacked, so every block holds a (C, (2m+1)C) logits tile.
+    """
+    b, t, n, h = q.shape
+    c = max(1, math.ceil(radius / BLOCKS_PER_RADIUS)) if radius is not None else t
+    m = math.ceil(radius / c) if radius is not None else 0
+    width = (2 * m + 1) * c
+    if radius is None or width >= t:
+        return dense_attention(q, k, v, valid, radius=radius, scale=scale)
+    kv = k.shape[2]
+    nb = -(-t // c)
+    tp = nb * c
+    pad = lambda x, lo, hi: jnp.pad(x, ((0, 0), (lo, hi)) + ((0, 0),) * (x.ndim - 2))  # noqa: E731
+    qb = pad(q, 0, tp - t).reshape(b, nb, c, kv, n // kv, h)
+
+    def windows(x: jax.Array) -> jax.Array:  # (B, T, ...) -> (B, nb, (2m+1)C, ...)
+        xb = pad(x, m * c, tp - t + m * c).reshape(b, nb + 2 * m, c, *x.shape[2:])
+        stacked = jnp.stack([xb[:, j : j + nb] for j in range(2 * m + 1)], axis=2)
+        return stacked.reshape(b, nb, width, *x.shape[2:])
+
+    kw, vw, valid_w = windows(k), windows(v), windows(valid)
+    logits = jnp.einsum("bnckgh,bnwkh->bnkgcw", qb, kw, preferred_element_type=jnp.float32) * scale
+    qpos = np.arange(nb)[:, None, None] * c + np.arange(c)[None, :, None]
+    kpos = np.arange(nb)[:, None, None] * c - m * c + np.arange(width)[None, None, :]
+    band = jnp.asarray(np.abs(qpos - kpos) <= radius)  # (nb, C, W), static
+    mask = band[None, :, None, None] & valid_w[:, :, None, None, None, :]
+    probs = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bnkgcw,bnwkh->bnckgh", probs, vw)
+    return out.reshape(b, tp, n, h)[:, :t]
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, radius: int | None, scale: float
+) -> jax.Array:
+    """jax.nn.dot_product_attention; cuDNN only where it applies (GPU, 16-bit, no window)."""
+    cudnn = jax.default_backend() == "gpu" and q.dtype == jnp.bfloat16 and radius is None
+    if cudnn:  # cuDNN takes padding as lengths (right padding, as the tokenizer produces)
+        lengths = valid.sum(axis=-1, dtype=jnp.int32)
+        return jax.nn.dot_product_attention(
+            q, k, v, scale=scale, query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation="cudnn"
+        )
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=valid[:, None, None, :],
+        scale=scale,
+        local_window_size=None if radius is None else (radius, radius),
+        implementation="xla",
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(t: int, num_heads: int, radius: int | None, interpret: bool):
+    """The static block-sparse kernel for one (length, window). Built under ensure_compile_time_eval
+    so its mask tables are concrete even when first requested inside a jit trace (the cache must not
+    hold tracers)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+    with jax.ensure_compile_time_eval():
+        if radius is None:
+            mask, block = sa.FullMask((t, t)), min(512, t)
+        else:  # small blocks hug the band: 128-blocks read ~5 x 128 = 640 keys for 2 * 256 + 1 useful
+            mask, block = sa.LocalMask((t, t), window_size=(radius, radius), offset=0), min(128, t)
+        sizes = sa.BlockSizes(
+            block_q=block,
+            block_kv=block,
+            block_kv_compute=block,
+            block_q_dkv=block,
+            block_kv_dkv=block,
+            block_kv_dkv_compute=block,
+            block_q_dq=block,
+            block_kv_dq=block,
+        )
+        return sa.make_splash_mqa(
+            sa.MultiHeadMask([mask] * num_heads), block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+        )
+
+
+def splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    *,
+    radius: int | None,
+    scale: float,
+    interpret: bool = False,
+) -> jax.Array:
+    """Splash attention, one MQA kernel call per KV head, sharded over the batch axes of the mesh."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+    _, t, n, h = q.shape
+    kv = k.shape[2]
+    tp = -(-t // SPLASH_ALIGN) * SPLASH_ALIGN
+    if tp != t:  # padded tokens are invalid: they form their own segment and are sliced off
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, tp - t)) + ((0, 0),) * (x.ndim - 2))  # noqa: E731
+        q, k, v, valid = pad(q), pad(k), pad(v), pad(valid)
+    kernel = _splash_kernel(tp, n // kv, radius, interpret)
+
+    def local(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:
+        seg = valid.astype(jnp.int32)  # real tokens segment 1, padding segment 0
+        segments = sa.SegmentIds(q=seg, kv=seg)
+        qh = (q * jnp.asarray(scale, q.dtype)).reshape(q.shape[0], tp, kv, n // kv, h)
+        heads = [
+            jax.vmap(kernel)(jnp.moveaxis(qh[:, :, i], 1, 2), k[:, :, i], v[:, :, i], segments) for i in range(kv)
+        ]  # each (B, N/K, T, H)
+        return jnp.moveaxis(jnp.stack(heads, axis=1), 3, 1).reshape(q.shape[0], tp, n, h)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = tuple(a for a in BATCH_AXES if not mesh.empty and a in mesh.axis_names)
+    if axes:
+        spec = PartitionSpec(axes)
+        local = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4, out_specs=spec, check_vma=False)
+    return local(q, k, v, valid)[:, :t]
