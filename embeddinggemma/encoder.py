@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from embeddinggemma import checkpoint
+from embeddinggemma import checkpoint, sharding
 from embeddinggemma.config import ModelConfig, check_dtype
 from embeddinggemma.model import EmbeddingGemmaModule
 from embeddinggemma.tokenizer import Tokenizer
@@ -35,6 +35,11 @@ PROGRESS_MIN_TEXTS = 512  # a progress bar appears by default from this many tex
 
 def length_buckets(max_seq_length: int) -> tuple[int, ...]:
     return (*tuple(b for b in LENGTH_BUCKETS if b < max_seq_length), max_seq_length)
+
+
+def bucket_length(length: int, max_seq_length: int) -> int:
+    """The padded length of a sequence of `length` tokens: the smallest bucket that holds it."""
+    return next(b for b in length_buckets(max_seq_length) if b >= length)
 
 
 def _next_pow2(n: int) -> int:
@@ -50,19 +55,20 @@ class EmbeddingGemma:
         tokenizer: Tokenizer,
         *,
         metadata_dir: str | Path,
-        batch_multiple: int = 1,
-        batch_sharding: jax.sharding.Sharding | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         self.config: ModelConfig = module.config
         self.tokenizer = tokenizer
         self.metadata_dir = Path(metadata_dir)
         self.dtype = jnp.dtype(module.dtype).name
         self.graphdef, self.params = nnx.split(module)
-        self._batch_multiple = batch_multiple
-        self._batch_sharding = batch_sharding
+        self.mesh = mesh
+        self._batch_multiple = sharding.batch_size_multiple(mesh) if mesh is not None else 1
         self._compiled_shapes: set[tuple[int, int]] = set()
         graphdef = self.graphdef
-        self._forward = jax.jit(lambda params, ids, valid: nnx.merge(graphdef, params)(ids, valid))
+        # On a mesh the embeddings come back replicated, so every host can read all of them.
+        out = sharding.replicated(mesh) if mesh is not None else None
+        self._forward = jax.jit(lambda params, ids, valid: nnx.merge(graphdef, params)(ids, valid), out_shardings=out)
 
     @classmethod
     def from_pretrained(
@@ -71,21 +77,28 @@ class EmbeddingGemma:
         *,
         dtype: str = "float32",
         attention_impl: str = "auto",
+        mesh: str | jax.sharding.Mesh | None = None,
     ) -> EmbeddingGemma:
         """Load an HF / sentence-transformers directory, a native checkpoint, or a Hub id.
 
         `dtype` is "float32" or "bfloat16" (parameters and compute); float16 is refused because this
-        model's activations overflow it.
+        model's activations overflow it. `mesh` (a Mesh or a spec such as "data=8" or "data=2,fsdp=4")
+        shards the model: each tensor is read straight onto its "inference" sharding (no replicated
+        copy on one device first) and `encode` splits every batch over the data and fsdp axes.
         """
         dtype = check_dtype(dtype)
         root = checkpoint.resolve(path_or_hub_id)
-        if checkpoint.is_native(root):
-            cfg = checkpoint.read_native_config(root)
-            params = checkpoint.load_native_params(root, cfg, param_dtype=dtype)
+        native = checkpoint.is_native(root)
+        cfg = checkpoint.read_native_config(root) if native else ModelConfig.from_checkpoint_dir(root)
+        shardings = None
+        if mesh is not None:
+            mesh = sharding.make_mesh(mesh)
+            shardings = sharding.param_shardings(checkpoint.abstract_state(cfg, dtype)[1], mesh, "inference")
+        if native:
+            params = checkpoint.load_native_params(root, cfg, param_dtype=dtype, shardings=shardings)
             metadata_dir = root / "hf"
         else:
-            cfg = ModelConfig.from_checkpoint_dir(root)
-            params = checkpoint.load_hf_params(root, cfg, param_dtype=dtype)
+            params = checkpoint.load_hf_params(root, cfg, param_dtype=dtype, shardings=shardings)
             metadata_dir = root
         module = nnx.eval_shape(
             lambda: EmbeddingGemmaModule(
@@ -93,7 +106,7 @@ class EmbeddingGemma:
             )
         )
         nnx.update(module, params)
-        return cls(module, Tokenizer(metadata_dir / "tokenizer.model", cfg), metadata_dir=metadata_dir)
+        return cls(module, Tokenizer(metadata_dir / "tokenizer.model", cfg), metadata_dir=metadata_dir, mesh=mesh)
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -217,7 +230,7 @@ class EmbeddingGemma:
         return out
 
     def _bucket(self, length: int) -> int:
-        return next(b for b in length_buckets(self.config.max_seq_length) if b >= length)
+        return bucket_length(length, self.config.max_seq_length)
 
     def _batches(self, lengths: list[int], batch_size: int) -> list[np.ndarray]:
         """Indices of each batch: longest first, one length bucket per batch, at most batch_size."""
@@ -253,10 +266,14 @@ class EmbeddingGemma:
             logger.debug("compiling encode for batch %d x %d tokens", *tokens.shape)
             self._compiled_shapes.add(tokens.shape)
         t0 = time.perf_counter()
-        if self._batch_sharding is not None:
-            tokens = jax.device_put(tokens, self._batch_sharding)
-            valid = jax.device_put(valid, self._batch_sharding)
-        emb = np.asarray(jax.device_get(self._forward(self.params, tokens, valid)))
+        if self.mesh is None:
+            emb = self._forward(self.params, tokens, valid)
+        else:  # every host holds the same batch and places only its own devices' rows
+            split = sharding.batch_sharding(self.mesh)
+            tokens, valid = (jax.make_array_from_callback(x.shape, split, lambda i, x=x: x[i]) for x in (tokens, valid))
+            with jax.set_mesh(self.mesh):
+                emb = self._forward(self.params, tokens, valid)
+        emb = np.asarray(jax.device_get(emb))
         logger.debug("batch %s in %.3fs", tokens.shape, time.perf_counter() - t0)
         result = emb[: len(ids)]
         if not np.isfinite(result).all():

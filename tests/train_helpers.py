@@ -1,0 +1,64 @@
+"""Shared pieces of the training tests: a small batch and the tiny model split for training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from embeddinggemma import checkpoint
+from embeddinggemma.config import ModelConfig
+from embeddinggemma.train import step
+from embeddinggemma.train.config import TrainConfig
+from embeddinggemma.train.data import Collator, Example, Prompts
+from tests.texts import SHORT, long_text
+
+TINY_DIMS = (48, 32, 16, 8)
+
+EXAMPLES = [
+    Example("Which planet is known as the Red Planet?", SHORT[1], (SHORT[2], long_text(30, 1))),
+    Example("capital of Japan", SHORT[5], (SHORT[6], SHORT[7]), title="東京"),
+    Example("add two integers in python", SHORT[9], (SHORT[10], long_text(60, 2))),
+    Example("fast fox", SHORT[3], (SHORT[4], SHORT[11])),
+    Example("cat on the mat", SHORT[4], (SHORT[3], long_text(20, 3))),
+    Example("egypt capital", SHORT[8], (SHORT[7], SHORT[14]), title="Cairo"),
+]
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """fp32 everywhere so comparisons with PyTorch and between code paths are tight."""
+    base = dict(
+        model="",
+        train_file="",
+        output_dir="",
+        matryoshka_dims=TINY_DIMS,
+        compute_dtype="float32",
+        mask_false_negatives=False,
+        num_negatives=2,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def collate(tiny_dir: Path, cfg: TrainConfig, examples=EXAMPLES) -> dict:
+    model_cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
+    prompts = Prompts.resolve(model_cfg, None, None, cfg.title_prompt)
+    collator = Collator(
+        tiny_dir / "tokenizer.model",
+        model_cfg,
+        prompts,
+        num_negatives=cfg.num_negatives,
+        mask_false_negatives=cfg.mask_false_negatives,
+    )
+    return collator(examples)
+
+
+def tiny_params(tiny_dir: Path, cfg: TrainConfig) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, frozen, params) of the tiny checkpoint, float32."""
+    model_cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
+    graphdef, frozen, params = step.split_module(step.training_module(cfg, model_cfg), cfg.freeze_embeddings)
+    loaded = checkpoint.load_hf_params(tiny_dir, model_cfg)
+    module = nnx.merge(graphdef, frozen, params)
+    nnx.update(module, loaded)
+    _, frozen, params = step.split_module(module, cfg.freeze_embeddings)
+    return graphdef, jax.tree.map(lambda x: x, frozen), params
