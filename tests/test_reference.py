@@ -71,4 +71,4 @@ def test_every_prompt_name(ours, st):
 def test_bfloat16(reference_dir, corpus_pair):
     model = EmbeddingGemma.from_pretrained(reference_dir, dtype="bfloat16")
     cos = (model.encode_document(reference_corpus()) * corpus_pair[1]).sum(-1)
-    assert cos.min() >= 0.99, cos
+    assert cos.min() >= 0.999, cos
