@@ -16,6 +16,7 @@ from flax import nnx
 
 from embeddinggemma.attention import attention
 from embeddinggemma.config import FULL, ModelConfig
+from embeddinggemma.sharding import constrain
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, std: float):
@@ -83,7 +84,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gate = jax.nn.gelu(x @ self.gate_proj[...].astype(self.dtype), approximate=True)
-        return (gate * (x @ self.up_proj[...].astype(self.dtype))) @ self.down_proj[...].astype(self.dtype)
+        hidden = constrain(gate * (x @ self.up_proj[...].astype(self.dtype)), ("batch", "length", "act_mlp"))
+        return hidden @ self.down_proj[...].astype(self.dtype)
 
 
 class Block(nnx.Module):
@@ -141,10 +143,11 @@ class EmbeddingGemmaModule(nnx.Module):
         # The scale is rounded to the parameter dtype first, as in transformers (27.75 in bfloat16).
         scale = jnp.asarray(self.config.hidden_size**0.5, table.dtype)
         h = (jnp.take(table, input_ids, axis=0) * scale).astype(self.dtype)
+        h = constrain(h, ("batch", "length", "act_embed"))
         hidden = []
         for block in self.layers:
             step = nnx.remat(type(block).__call__, static_argnums=(3,)) if self.remat else type(block).__call__
-            h = step(block, h, valid, self.attention_impl)
+            h = constrain(step(block, h, valid, self.attention_impl), ("batch", "length", "act_embed"))
             hidden.append(h)
         h = self.norm(h)
         return (h, hidden) if return_hidden else h

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from embeddinggemma import sharding
+from embeddinggemma import EmbeddingGemma, sharding
 from embeddinggemma.checkpoint import abstract_state
 from embeddinggemma.config import ModelConfig
+from tests.texts import SHORT, long_text
 
 needs8 = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)"
@@ -65,3 +69,31 @@ def test_indivisible_dims_stay_whole():
     assert sharding.logical_to_spec(("embed",), (100,), mesh, rules) == P(None)
     with pytest.raises(KeyError, match="nonsense"):
         sharding.logical_to_spec(("nonsense",), (8,), mesh, rules)
+
+
+MIXED = [*SHORT[:6], *(long_text(n, seed=n) for n in (40, 150, 230))]
+
+
+@needs8
+@pytest.mark.parametrize(
+    ("spec", "table_spec", "mlp_spec"),
+    [
+        ("data=8", P(None, None), P(None, None)),
+        ("data=2,fsdp=4", P("fsdp", None), P(None, None)),
+        ("fsdp=4,tensor=2", P(("fsdp", "tensor"), None), P(None, "tensor")),
+    ],
+)
+def test_sharded_encode_matches_single_device(tiny_dir, tiny_model, spec, table_spec, mlp_spec):
+    model = EmbeddingGemma.from_pretrained(tiny_dir, mesh=spec)
+    table = model.params["embed_tokens"].get_value()
+    gate = model.params["layers"][0]["mlp"]["gate_proj"].get_value()
+    assert table.sharding.spec == table_spec and gate.sharding.spec == mlp_spec
+    assert len(table.sharding.device_set) == 8
+    # Each device holds only its shard: the table is really split, not replicated.
+    rows = table_spec[0] or ()
+    split = math.prod(model.mesh.shape[a] for a in ((rows,) if isinstance(rows, str) else rows))
+    assert {s.data.shape[0] for s in table.addressable_shards} == {table.shape[0] // split}
+    with jax.default_matmul_precision("highest"):
+        ours = model.encode(MIXED, batch_size=4)
+    ref = tiny_model.encode(MIXED, batch_size=4)
+    assert np.abs(ours - ref).max() <= 1e-5
