@@ -1,0 +1,284 @@
+"""Corpus-scale encoding and search over text files: what the `embeddinggemma encode` and `search` commands run.
+
+Input is a text file (one text a line; blank lines skipped, a row's id is its line number) or JSONL (a
+`text` field, an optional `id`). `encode_file` first validates the whole file in one cheap pass (so a bad
+line 900,000 fails before any compute), then streams it through the model in shards of `shard_size` texts.
+Each finished shard is saved atomically in `OUT.partial/`; a rerun of the same command skips the shards
+already there, so an interrupted run loses at most one shard of work and never duplicates one. The final
+.npy is assembled under a temporary name and renamed, so the output path never holds a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from embeddinggemma.encoder import EmbeddingGemma
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+class InputError(ValueError):
+    """A user-supplied file cannot be used (missing, empty, not UTF-8, bad JSON, unwritable output)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str | int
+    text: str
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """What one validating pass over an input file learned: the row count and a content digest."""
+
+    count: int
+    sha256: str
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of a file, streamed; a missing or unreadable file is an InputError."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        yield from enumerate(f, start=1)
+
+
+def iter_records(path: str | Path, *, text_field: str = "text") -> Iterator[Record]:
+    """The rows of a text or JSONL file, in order, each checked (UTF-8, JSON, a string text field)."""
+    path = Path(path)
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    for number, raw in _lines(path):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}:{number}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from e
+        if not line.strip():
+            continue
+        if not jsonl:
+            yield Record(number, line.rstrip("\r\n"))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: invalid JSON ({e.msg})") from e
+        text = obj.get(text_field) if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise InputError(f"{path}:{number}: no string field {text_field!r}")
+        yield Record(obj.get("id", number), text)
+
+
+def scan(path: str | Path, *, text_field: str = "text") -> InputSummary:
+    """Validate every row and digest the file, without holding it in memory."""
+    path = Path(path)
+    count = sum(1 for _ in iter_records(path, text_field=text_field))
+    if count == 0:
+        raise InputError(f"{path}: no texts in the file (it is empty or has only blank lines)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return InputSummary(count, digest.hexdigest())
+
+
+def read_records(path: str | Path, *, text_field: str = "text") -> list[Record]:
+    """All rows of a (small) file; an empty file is an InputError."""
+    records = list(iter_records(path, text_field=text_field))
+    if not records:
+        raise InputError(f"{path}: no texts in the file (it is empty or has only blank lines)")
+    return records
+
+
+def _write_atomic(dest: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file in the same directory, then rename over `dest`."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _shard_path(work: Path, index: int) -> Path:
+    return work / f"shard-{index:06d}.npy"
+
+
+def _check_manifest(work: Path, manifest: dict[str, Any]) -> None:
+    """Resume only a run made with the same input and settings; otherwise say what differs."""
+    file = work / MANIFEST
+    if file.is_file():
+        old = json.loads(file.read_text())
+        changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
+        if changed:
+            raise InputError(
+                f"{work} holds an unfinished run with different {', '.join(changed)}; "
+                "rerun it with the same input and options to resume, or delete that directory to start over"
+            )
+    else:
+        _write_atomic(file, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """An input validated and an output known to be writable: everything checked before a model loads."""
+
+    src: Path
+    out: Path
+    work: Path  # OUT.partial: the finished shards and the manifest of the run they belong to
+    summary: InputSummary
+    text_field: str
+    shard_size: int
+
+    @classmethod
+    def prepare(
+        cls, src: str | Path, out: str | Path, *, text_field: str = "text", shard_size: int = 2048
+    ) -> EncodeJob:
+        src, out = Path(src), Path(out)
+        if not isinstance(shard_size, int) or shard_size < 1:
+            raise InputError(f"shard size must be a positive integer, got {shard_size!r}")
+        summary = scan(src, text_field=text_field)
+        if out.is_dir():
+            raise InputError(f"{out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
+        work = out.with_name(out.name + ".partial")
+        existed = work.is_dir()
+        try:
+            work.mkdir(parents=True, exist_ok=True)  # in the output's directory: proves it is writable
+        except OSError as e:
+            raise InputError(f"cannot write {out}: {e.strerror or e}") from e
+        if not existed:
+            work.rmdir()  # recreated by `run`; a run that never starts leaves nothing behind
+        return cls(src, out, work, summary, text_field, shard_size)
+
+    def _records(self) -> Iterator[Record]:
+        return iter_records(self.src, text_field=self.text_field)
+
+    def run(
+        self,
+        model: EmbeddingGemma,
+        *,
+        model_id: str,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
+        batch_size: int = 32,
+        ids_out: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> np.ndarray:
+        """Embed every row into `out` (float32, (rows, dim)), resuming finished shards; returns it memory-mapped.
+
+        `model_id` names the checkpoint in the resume manifest, so a rerun with another model mixes nothing.
+        `ids_out`, if given, gets one JSON line {"id": ...} per output row.
+        """
+        prefix = model.resolve_prompt(prompt_name, prompt)
+        dim = model.encode_ids([], truncate_dim=truncate_dim).shape[1]  # validates truncate_dim before any work
+        rows, size = self.summary.count, self.shard_size
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "input_sha256": self.summary.sha256,
+            "rows": rows,
+            "text_field": self.text_field,
+            "model": model_id,
+            "dtype": model.dtype,
+            "prompt": prefix,
+            "dim": dim,
+            "shard_size": size,
+        }
+        self.work.mkdir(parents=True, exist_ok=True)
+        _check_manifest(self.work, manifest)
+        n_shards = -(-rows // size)
+        done = {i for i in range(n_shards) if _shard_path(self.work, i).is_file()}
+        if done:
+            log(f"resuming: {len(done)} of {n_shards} shards already done in {self.work}")
+        tokens, t0 = 0, time.perf_counter()
+        initial = sum(min(size, rows - i * size) for i in done)
+        with tqdm(total=rows, initial=initial, unit="text", desc="encode", disable=not progress) as bar:
+            for index, shard in enumerate(_chunks(self._records(), size)):
+                if index in done:
+                    continue
+                ids = model.tokenizer.encode([prefix + r.text for r in shard])
+                emb = model.encode_ids(ids, truncate_dim=truncate_dim, batch_size=batch_size, show_progress_bar=False)
+                _write_atomic(_shard_path(self.work, index), lambda f, emb=emb: np.save(f, emb))
+                tokens += sum(map(len, ids))
+                bar.update(len(shard))
+                bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s", refresh=False)
+        if ids_out is not None:
+            lines = (json.dumps({"id": r.id}) + "\n" for r in self._records())
+            _write_atomic(Path(ids_out), lambda f: f.writelines(line.encode() for line in lines))
+        _write_atomic(self.out, lambda f: _concatenate(self.work, n_shards, rows, dim, f))
+        shutil.rmtree(self.work)
+        return np.load(self.out, mmap_mode="r")
+
+
+def load_embeddings(path: str | Path, *, rows: int | None = None) -> np.ndarray:
+    """A 2-D float .npy written by `encode` (memory-mapped), optionally checked against a row count."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        emb = np.load(path, mmap_mode="r")
+    except ValueError as e:
+        raise InputError(f"{path}: not a .npy array file ({e})") from e
+    if emb.ndim != 2 or emb.dtype.kind != "f" or len(emb) == 0:
+        raise InputError(f"{path}: expected a non-empty (rows, dim) float array, got {emb.dtype} {emb.shape}")
+    if rows is not None and rows != len(emb):
+        raise InputError(f"{path} has {len(emb)} rows but the texts file has {rows}")
+    return emb
+
+
+def _concatenate(work: Path, n_shards: int, rows: int, dim: int, f: Any) -> None:
+    """Stream the shards into one .npy (header, then rows), checking each shard's shape on the way."""
+    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    written = 0
+    for index in range(n_shards):
+        shard = np.load(_shard_path(work, index))
+        if shard.ndim != 2 or shard.shape[1] != dim:
+            raise InputError(f"{_shard_path(work, index)} has shape {shard.shape}; delete {work} and rerun")
+        f.write(np.ascontiguousarray(shard, "<f4").tobytes())
+        written += len(shard)
+    if written != rows:
+        raise InputError(f"{work}: shards hold {written} rows, expected {rows}; delete {work} and rerun")
+
+
+def search(model: EmbeddingGemma, queries: list[str], corpus_emb: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """(row, cosine score) of the k best corpus rows for each query, best first.
+
+    Queries get the "query" prompt and are truncated to the corpus embeddings' width (Matryoshka), so
+    embeddings saved with `--truncate-dim` are searched at that width.
+    """
+    full, width = model.config.embedding_dim, corpus_emb.shape[1]
+    if width > full:
+        raise InputError(f"the corpus embeddings are {width}-d but this model gives {full}-d embeddings")
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    scores = model.similarity(model.encode_query(queries, truncate_dim=width), corpus_emb)
+    k = min(k, scores.shape[1])
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    hits = []
+    for row, cand in zip(scores, best, strict=True):
+        cand = cand[np.argsort(-row[cand], kind="stable")]
+        hits.append([(int(i), float(row[i])) for i in cand])
+    return hits

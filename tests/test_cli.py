@@ -1,0 +1,180 @@
+"""The `embeddinggemma` console script, run in subprocesses on the tiny checkpoint.
+
+Values printed or written by the CLI are checked against the in-process API on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from embeddinggemma import EmbeddingGemma
+from embeddinggemma.cli import build_parser, bundled_corpus
+
+SCRIPT = Path(sys.executable).with_name("embeddinggemma")
+SHARD = 8
+N_DOCS = 1200  # 150 shards: the kill below lands after the first one and long before the last
+
+
+def cli_env(model_dir: Path) -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "EMBEDDINGGEMMA_CHECKPOINT": str(model_dir)}
+
+
+def run_cli(model_dir: Path, *args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(SCRIPT), *map(str, args)], env=cli_env(model_dir), capture_output=True, text=True, timeout=300
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """A JSONL corpus of similar-length texts (one compiled batch shape, so each shard after the first is quick)."""
+    rows = [
+        {"id": f"doc{i}", "text": f"document {i} is about topic {i % 17} and item {i * 7 % 13}"} for i in range(N_DOCS)
+    ]
+    path = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path, rows
+
+
+def encode_args(src: Path, out: Path) -> list[str | Path]:
+    return ["encode", "-i", src, "-o", out, "--prompt-name", "document", "--shard-size", SHARD, "--batch-size", SHARD]
+
+
+def parse_hits(stdout: str) -> list[tuple[str, float]]:
+    """(id or row, score) of each printed hit line `  rank  score  label`."""
+    return [(m[2], float(m[1])) for m in re.finditer(r"^\s+\d+\s+(-?\d\.\d{3})\s+(\S+)", stdout, re.M)]
+
+
+def test_encode_resume_then_search(tiny_dir: Path, tiny_model: EmbeddingGemma, docs, tmp_path: Path) -> None:
+    src, rows = docs
+    full, ids = tmp_path / "full.npy", tmp_path / "full.ids.jsonl"
+    run_cli(tiny_dir, *encode_args(src, full), "--ids-output", ids)
+    expected = tiny_model.encode_document([r["text"] for r in rows])
+    np.testing.assert_allclose(np.load(full), expected, atol=1e-5)
+    assert [json.loads(line)["id"] for line in ids.read_text().splitlines()] == [r["id"] for r in rows]
+    assert not (tmp_path / "full.npy.partial").exists()
+
+    # Kill an encode (SIGKILL: no cleanup) as soon as its first shard is on disk, then rerun it.
+    out = tmp_path / "resumed.npy"
+    work = tmp_path / "resumed.npy.partial"
+    proc = subprocess.Popen(
+        [str(SCRIPT), *map(str, encode_args(src, out))], env=cli_env(tiny_dir), stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not list(work.glob("shard-*.npy")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.name for p in work.glob("shard-*.npy"))
+    n_shards = N_DOCS // SHARD
+    assert 1 <= len(finished) < n_shards, "the kill must land mid-run"
+    assert not out.exists(), "no output under the final name before the run completes"
+
+    resumed = run_cli(tiny_dir, *encode_args(src, out))
+    assert f"resuming: {len(finished)} of {n_shards} shards already done" in resumed.stderr
+    result = np.load(out)
+    assert result.shape == (N_DOCS, tiny_model.config.embedding_dim)
+    np.testing.assert_array_equal(result, np.load(full))  # same rows, same order: nothing redone twice or lost
+    assert not work.exists()
+
+    # search reuses the saved embeddings; scores and ranking match the API.
+    query = "topic 3 and item 5"
+    found = run_cli(tiny_dir, "search", "--corpus", full, "--texts", src, "--query", query, "-k", 3)
+    scores = tiny_model.similarity(tiny_model.encode_query(query), expected)[0]
+    best = np.argsort(-scores)[:3]
+    hits = parse_hits(found.stdout)
+    assert [h[0] for h in hits] == [rows[i]["id"] for i in best]
+    np.testing.assert_allclose([h[1] for h in hits], scores[best], atol=2e-3)
+
+
+def test_truncated_embeddings_search_and_default_corpus(tiny_dir: Path, tiny_model: EmbeddingGemma, tmp_path) -> None:
+    """Matryoshka embeddings are searched at their width; `search` without --corpus uses the bundled corpus."""
+    corpus = [json.loads(line) for line in bundled_corpus().read_text(encoding="utf-8").splitlines()]
+    out = tmp_path / "bundled16.npy"
+    run_cli(tiny_dir, "encode", "-i", bundled_corpus(), "-o", out, "--prompt-name", "document", "--truncate-dim", 16)
+    emb = np.load(out)
+    np.testing.assert_allclose(emb, tiny_model.encode_document([d["text"] for d in corpus], truncate_dim=16), atol=1e-5)
+    query = "Which planet is known as the Red Planet?"
+    for args in (["--corpus", out, "--texts", bundled_corpus()], []):
+        found = parse_hits(run_cli(tiny_dir, "search", *args, "-q", query, "-k", 5).stdout)
+        docs = emb if args else tiny_model.encode_document([d["text"] for d in corpus])
+        scores = tiny_model.similarity(tiny_model.encode_query(query, truncate_dim=docs.shape[1]), docs)[0]
+        best = np.argsort(-scores)[:5]
+        assert [h[0] for h in found] == [corpus[i]["id"] for i in best]
+        np.testing.assert_allclose([h[1] for h in found], scores[best], atol=2e-3)
+
+
+def test_similarity_info_convert(tiny_dir: Path, tiny_model: EmbeddingGemma, tmp_path: Path) -> None:
+    a, b = ["The cat sits outside.", "A man plays guitar."], ["A kitten is outdoors.", "Someone plays music.", "Rain."]
+    out = run_cli(tiny_dir, "similarity", "--prompt-name", "STS", "-a", *a, "-b", *b).stdout
+    table = [[float(x) for x in re.findall(r"-?\d\.\d{3}", line)] for line in out.splitlines()[1:3]]
+    expected = tiny_model.similarity(tiny_model.encode(a, prompt_name="STS"), tiny_model.encode(b, prompt_name="STS"))
+    np.testing.assert_allclose(table, expected, atol=2e-3)
+
+    info = run_cli(tiny_dir, "info").stdout
+    n_params = sum(x.size for x in jax.tree.leaves(tiny_model.params))
+    assert f"parameters  {n_params:,} (float32)" in info
+    assert f"embedding   {tiny_model.config.embedding_dim}-d" in info
+    assert re.search(r"^devices\s+\d+ x cpu", info, re.M) and re.search(r"^attention\s+\w+", info, re.M)
+
+    native = tmp_path / "native"
+    assert str(native) in run_cli(tiny_dir, "convert", tiny_dir, native).stdout
+    text = "a round trip through the native format"
+    np.testing.assert_array_equal(EmbeddingGemma.from_pretrained(native).encode(text), tiny_model.encode(text))
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty.txt").write_text("\n  \n")
+    (root / "latin1.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    (root / "nofield.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
+    (root / "good.txt").write_text("one text\nanother text\n")
+    (root / "a_file").write_text("")
+    return root
+
+
+BAD_INPUTS = {
+    "missing file": (["-i", "{root}/nope.txt", "-o", "{tmp}/x.npy"], "nope.txt: no such file"),
+    "empty file": (["-i", "{root}/empty.txt", "-o", "{tmp}/x.npy"], "no texts in the file"),
+    "undecodable bytes": (["-i", "{root}/latin1.txt", "-o", "{tmp}/x.npy"], "latin1.txt:2: not valid UTF-8"),
+    "jsonl without text": (["-i", "{root}/nofield.jsonl", "-o", "{tmp}/x.npy"], "nofield.jsonl:2: no string field"),
+    "unknown prompt name": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--prompt-name", "nope"], "unknown prompt"),
+    "dim out of range": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--truncate-dim", "49"], "must be in 1..48"),
+    "output under a file": (["-i", "{root}/good.txt", "-o", "{root}/a_file/x.npy"], "cannot write"),
+    "output is a directory": (["-i", "{root}/good.txt", "-o", "{tmp}"], "is a directory"),
+    "float16": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--dtype", "float16"], "float16 is not supported"),
+    "no such checkpoint": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "-m", "{root}/nope"], "no such checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line(case: str, tiny_dir: Path, bad_files: Path, tmp_path: Path) -> None:
+    args, message = BAD_INPUTS[case]
+    proc = run_cli(tiny_dir, "encode", *(a.format(root=bad_files, tmp=tmp_path) for a in args), ok=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("embeddinggemma encode: error: "), proc.stderr
+    assert message in proc.stderr
+    assert not list(tmp_path.iterdir()), "a failed run leaves no files behind"
+
+
+def test_every_command_help_has_an_example() -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
+    assert set(commands) == {"convert", "encode", "search", "similarity", "info", "train", "aot"}
+    for name, sub in commands.items():
+        assert "example:\n  embeddinggemma " + name in sub.format_help(), name
