@@ -23,8 +23,10 @@ $(VENV)/.test: pyproject.toml | $(VENV)/bin/python
 setup: $(VENV)/.runtime
 setup-test: $(VENV)/.test
 
+# The CLI's `search` on the bundled corpus; without weights it prints one line on how to get them.
 demo: $(VENV)/.runtime
-	$(PY) scripts/demo.py
+	$(VENV)/bin/embeddinggemma search -k 3 -q "Which planet is known as the Red Planet?" \
+		-q "How do I compile a function for TPU?" -q "capital of Germany"
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

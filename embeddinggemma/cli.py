@@ -12,7 +12,6 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
 from embeddinggemma import corpus
@@ -24,11 +23,6 @@ PROG = "embeddinggemma"
 
 def default_model() -> str:
     return os.environ.get("EMBEDDINGGEMMA_CHECKPOINT") or HUB_ID
-
-
-def bundled_corpus() -> Path:
-    """The small demo corpus shipped in the package (what `search` uses without --corpus)."""
-    return Path(str(resources.files("embeddinggemma").joinpath("data/corpus.jsonl")))
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -59,7 +53,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    source = Path(args.corpus) if args.corpus else bundled_corpus()
+    source = Path(args.corpus) if args.corpus else corpus.bundled_corpus()
     if source.suffix == ".npy":
         records = corpus.read_records(args.texts, text_field=args.text_field) if args.texts else None
         corpus_emb = corpus.load_embeddings(source, rows=len(records) if records else None)
@@ -110,6 +104,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "prompts": ", ".join(model.prompts) or "(none)",
         "parameters": f"{params:,} ({model.dtype})",
         "devices": f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})",
+        "mesh": args.mesh or "none (one device)",
         "attention": f"{resolve(args.attention)} (requested {args.attention!r})",
     }
     for key, value in rows.items():

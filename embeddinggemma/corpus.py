@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,11 @@ class InputSummary:
 
     count: int
     sha256: str
+
+
+def bundled_corpus() -> Path:
+    """The small demo corpus shipped in the package (what `embeddinggemma search` uses without --corpus)."""
+    return Path(str(resources.files("embeddinggemma").joinpath("data/corpus.jsonl")))
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from embeddinggemma import EmbeddingGemma
-from embeddinggemma.cli import build_parser, bundled_corpus
+from embeddinggemma.cli import build_parser
+from embeddinggemma.corpus import bundled_corpus
 
 SCRIPT = Path(sys.executable).with_name("embeddinggemma")
 SHARD = 8
@@ -178,3 +179,26 @@ def test_every_command_help_has_an_example() -> None:
     assert set(commands) == {"convert", "encode", "search", "similarity", "info", "train", "aot"}
     for name, sub in commands.items():
         assert "example:\n  embeddinggemma " + name in sub.format_help(), name
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+OTHER_TESTS = ("train", "aot")  # README examples of these run in the training / AOT tests
+
+
+def readme_cli_commands() -> list[str]:
+    """The `embeddinggemma ...` commands in the README's bash blocks (backslash continuations joined)."""
+    text = README.read_text(encoding="utf-8") if README.is_file() else ""
+    lines = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S)).replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.startswith("embeddinggemma ") and line.split()[1] not in OTHER_TESTS]
+
+
+def test_readme_cli_commands_run(tiny_dir: Path, tmp_path: Path) -> None:
+    """Every CLI example in the README runs as written (from a directory laid out like the repository root)."""
+    commands = readme_cli_commands()
+    if not commands:
+        pytest.skip("README.md has no `embeddinggemma` command examples yet")
+    (tmp_path / "embeddinggemma").symlink_to(Path(__file__).resolve().parent.parent / "embeddinggemma")
+    env = {**cli_env(tiny_dir), "PATH": f"{SCRIPT.parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands:
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{command}\n{proc.stderr}"
