@@ -146,11 +146,21 @@ class EmbeddingGemmaModule(nnx.Module):
         h = constrain(h, ("batch", "length", "act_embed"))
         hidden = []
         for block in self.layers:
-            step = nnx.remat(type(block).__call__, static_argnums=(3,)) if self.remat else type(block).__call__
-            h = constrain(step(block, h, valid, self.attention_impl), ("batch", "length", "act_embed"))
+            h = self._remat_block(block, h, valid) if self.remat else block(h, valid, self.attention_impl)
+            h = constrain(h, ("batch", "length", "act_embed"))
             hidden.append(h)
         h = self.norm(h)
         return (h, hidden) if return_hidden else h
+
+    def _remat_block(self, block: Block, h: jax.Array, valid: jax.Array) -> jax.Array:
+        """Gradient checkpointing: keep only the block's input, recompute its activations for the backward.
+
+        A pure jax.checkpoint over the block's split state (rather than nnx.remat) also works where the
+        parameters come from an outer trace, e.g. inside GradCache's lax.map / lax.scan.
+        """
+        graphdef, state = nnx.split(block)
+        impl = self.attention_impl
+        return jax.checkpoint(lambda s, x, m: nnx.merge(graphdef, s)(x, m, impl))(state, h, valid)
 
     def __call__(self, input_ids: jax.Array, valid: jax.Array) -> jax.Array:
         return self.head(self.token_embeddings(input_ids, valid), valid)
