@@ -10,6 +10,7 @@ already there, so an interrupted run loses at most one shard of work and never d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -219,18 +220,28 @@ class EncodeJob:
         done = {i for i in range(n_shards) if _shard_path(self.work, i).is_file()}
         if done:
             log(f"resuming: {len(done)} of {n_shards} shards already done in {self.work}")
-        tokens, t0 = 0, time.perf_counter()
         initial = sum(min(size, rows - i * size) for i in done)
         with tqdm(total=rows, initial=initial, unit="text", desc="encode", disable=not progress) as bar:
+            tokens, t0 = 0, time.perf_counter()
+
+            def report(ids: list[list[int]], batch: np.ndarray) -> None:
+                nonlocal tokens
+                tokens += sum(len(ids[i]) for i in batch)
+                bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s", refresh=False)
+                bar.update(len(batch))
+
             for index, shard in enumerate(_chunks(self._records(), size)):
                 if index in done:
                     continue
                 ids = model.tokenizer.encode([prefix + r.text for r in shard])
-                emb = model.encode_ids(ids, truncate_dim=truncate_dim, batch_size=batch_size, show_progress_bar=False)
+                emb = model.encode_ids(
+                    ids,
+                    truncate_dim=truncate_dim,
+                    batch_size=batch_size,
+                    show_progress_bar=False,
+                    on_batch=functools.partial(report, ids),
+                )
                 _write_atomic(_shard_path(self.work, index), lambda f, emb=emb: np.save(f, emb))
-                tokens += sum(map(len, ids))
-                bar.update(len(shard))
-                bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s", refresh=False)
         if ids_out is not None:
             lines = (json.dumps({"id": r.id}) + "\n" for r in self._records())
             _write_atomic(Path(ids_out), lambda f: f.writelines(line.encode() for line in lines))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +212,13 @@ class EmbeddingGemma:
         truncate_dim: int | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
+        on_batch: Callable[[np.ndarray], None] | None = None,
     ) -> np.ndarray:
-        """`encode` for pre-tokenized sequences (with <bos>/<eos>), e.g. when the caller counts tokens."""
+        """`encode` for pre-tokenized sequences (with <bos>/<eos>), e.g. when the caller counts tokens.
+
+        `on_batch`, if given, is called with the indices of each batch once it is embedded (for a caller's
+        own progress report).
+        """
         dim = self._check_dim(truncate_dim)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -224,6 +229,8 @@ class EmbeddingGemma:
                 for idx in self._batches([len(x) for x in ids], batch_size):
                     out[idx] = self.embed_ids([ids[i] for i in idx])
                     bar.update(len(idx))
+                    if on_batch is not None:
+                        on_batch(idx)
         if dim < out.shape[1]:
             out = out[:, :dim]
             out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
