@@ -26,7 +26,7 @@ def _grads(tiny_dir, **overrides):
 
 def _max_abs_diff(a, b) -> float:
     return max(
-        float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
     )
 
 
@@ -34,7 +34,7 @@ def _max_rel_diff(a, b) -> float:
     """Worst over tensors of max|a - b| / max|b| (float32 sums in another order differ in the last bits)."""
     return max(
         float(np.abs(np.asarray(x) - np.asarray(y)).max() / np.abs(np.asarray(y)).max())
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
     )
 
 

@@ -1,0 +1,47 @@
+"""Run checkpoints with orbax: train state (step, parameters, Adam state) + the data position.
+
+Orbax writes each step into a temporary directory and renames it when complete, so an interrupted save
+never shows up as a checkpoint; `latest_step` only sees finished ones. Frozen parameters are not
+saved: they are the starting model's, which a resumed run loads again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class RunCheckpoints:
+    def __init__(self, directory: str | Path, keep: int):
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any]) -> None:
+        """Save (asynchronously; `wait` or the next save blocks until it is on disk)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+        self.manager.save(step, args=args, force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The state restored straight onto `shardings`, and the saved data position."""
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+        )
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        )
+        return restored["state"], restored["data"]
+
+    def close(self) -> None:
+        self.manager.close()
