@@ -112,7 +112,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_script(script: str) -> Callable[[argparse.Namespace], None]:
-    """A command that runs scripts/<script> from the source tree with the remaining arguments."""
+    """A command that runs scripts/<script> of the source tree with the command's other arguments."""
 
     def run(args: argparse.Namespace) -> None:
         import runpy
@@ -180,11 +180,12 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _subparser(
-    sub: argparse._SubParsersAction, name: str, summary: str, example: str, note: str = ""
+    sub: argparse._SubParsersAction, name: str, summary: str, example: str, note: str = "", add_help: bool = True
 ) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
         help=summary,
+        add_help=add_help,
         description=f"{summary} {note}\n\nexample:\n{textwrap.indent(example.strip(), '  ')}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -266,18 +267,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, batch=False)
     p.set_defaults(func=cmd_info)
 
-    for name, script, summary in (
-        ("train", "train.py", "Fine-tune (runs scripts/train.py; arguments after `train` go to it)."),
-        ("aot", "aot_compile.py", "Compile ahead of time for TPU (runs scripts/aot_compile.py with the arguments)."),
+    # Pass-through commands: every argument, --help included, goes to the script's own parser.
+    for name, script, summary, example in (
+        (
+            "train",
+            "train.py",
+            "Fine-tune with the contrastive Matryoshka loss (scripts/train.py).",
+            "embeddinggemma train --config configs/train_tiny.json --set steps=100",
+        ),
+        (
+            "aot",
+            "aot_compile.py",
+            "Compile encode and train steps for a TPU slice without a TPU (scripts/aot_compile.py).",
+            "embeddinggemma aot --topology v5e:2x4",
+        ),
     ):
-        p = _subparser(sub, name, summary, f"embeddinggemma {name} -- --help   # scripts/{script}'s own options")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments for scripts/{script}")
-        p.set_defaults(func=cmd_script(script))
+        p = _subparser(sub, name, summary, example, f"`{PROG} {name} --help` lists its options.", add_help=False)
+        p.set_defaults(func=cmd_script(script), passthrough=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, args.rest = parser.parse_known_args(argv)
+    if args.rest and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(args.rest)}")
     try:
         args.func(args)
     except (ValueError, OSError) as e:  # CheckpointError and corpus.InputError are ValueErrors

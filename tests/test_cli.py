@@ -173,6 +173,12 @@ def test_bad_input_is_one_line(case: str, tiny_dir: Path, bad_files: Path, tmp_p
     assert not list(tmp_path.iterdir()), "a failed run leaves no files behind"
 
 
+@pytest.mark.parametrize(("command", "option"), [("train", "--config"), ("aot", "--topology")])
+def test_script_commands_pass_arguments_through(command: str, option: str, tiny_dir: Path) -> None:
+    """`embeddinggemma train|aot --help` is the script's own help: every argument reaches the script."""
+    assert option in run_cli(tiny_dir, command, "--help").stdout
+
+
 def test_every_command_help_has_an_example() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
@@ -198,7 +204,11 @@ def test_readme_cli_commands_run(tiny_dir: Path, tmp_path: Path) -> None:
     if not commands:
         pytest.skip("README.md has no `embeddinggemma` command examples yet")
     (tmp_path / "embeddinggemma").symlink_to(Path(__file__).resolve().parent.parent / "embeddinggemma")
-    env = {**cli_env(tiny_dir), "PATH": f"{SCRIPT.parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **cli_env(tiny_dir),
+        "PATH": f"{SCRIPT.parent}{os.pathsep}{os.environ['PATH']}",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",  # for the `--mesh data=8` examples
+    }
     for command in commands:
         proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{command}\n{proc.stderr}"
