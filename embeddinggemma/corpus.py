@@ -1,8 +1,9 @@
 """Corpus-scale encoding and search over text files: what the `embeddinggemma encode` and `search` commands run.
 
 Input is a text file (one text a line; blank lines skipped, a row's id is its line number) or JSONL (a
-`text` field, an optional `id`). `encode_file` first validates the whole file in one cheap pass (so a bad
-line 900,000 fails before any compute), then streams it through the model in shards of `shard_size` texts.
+`text` field, an optional `id`). `EncodeJob.prepare` validates the whole file in one cheap pass (so a bad
+line 900,000 fails before a model is even loaded); `EncodeJob.run` then streams it through the model in
+shards of `shard_size` texts.
 Each finished shard is saved atomically in `OUT.partial/`; a rerun of the same command skips the shards
 already there, so an interrupted run loses at most one shard of work and never duplicates one. The final
 .npy is assembled under a temporary name and renamed, so the output path never holds a half-written file.
