@@ -29,8 +29,9 @@ Chlorine Cl 17;Argon Ar 18;Potassium K 19;Calcium Ca 20;Titanium Ti 22;Chromium 
 Cobalt Co 27;Nickel Ni 28;Copper Cu 29;Zinc Zn 30;Silver Ag 47;Tin Sn 50;Iodine I 53;Platinum Pt 78;Gold Au 79;
 Mercury Hg 80;Lead Pb 82;Uranium U 92"""
 
-INVENTIONS = """telephone Alexander Graham Bell 1876;light bulb Thomas Edison 1879;printing press Johannes Gutenberg 1440;
-steam engine James Watt 1776;radio Guglielmo Marconi 1895;airplane the Wright brothers 1903;
+INVENTIONS = """telephone Alexander Graham Bell 1876;light bulb Thomas Edison 1879;
+printing press Johannes Gutenberg 1440;steam engine James Watt 1776;radio Guglielmo Marconi 1895;
+airplane the Wright brothers 1903;
 World Wide Web Tim Berners-Lee 1989;dynamite Alfred Nobel 1867;penicillin Alexander Fleming 1928;
 telegraph Samuel Morse 1837;phonograph Thomas Edison 1877;television John Logie Baird 1926"""
 

@@ -26,7 +26,8 @@ def _grads(tiny_dir, **overrides):
 
 def _max_abs_diff(a, b) -> float:
     return max(
-        float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
+        float(np.abs(np.asarray(x) - np.asarray(y)).max())
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 
 
@@ -34,7 +35,7 @@ def _max_rel_diff(a, b) -> float:
     """Worst over tensors of max|a - b| / max|b| (float32 sums in another order differ in the last bits)."""
     return max(
         float(np.abs(np.asarray(x) - np.asarray(y)).max() / np.abs(np.asarray(y)).max())
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 
 
