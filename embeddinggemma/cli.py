@@ -298,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        resume = "; rerun the same command to resume from the last finished shard" if args.command == "encode" else ""
+        print(f"{PROG} {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
     return 0
 
