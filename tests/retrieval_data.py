@@ -109,3 +109,9 @@ def write_split(directory: Path, *, eval_fraction: float = 0.3, seed: int = 0) -
                 f.write(json.dumps({"query": question, "positive": passage, "negatives": [negative]}) + "\n")
         paths.append(directory / f"{name}.jsonl")
     return paths[0], paths[1]
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(*write_split(Path(sys.argv[1])))
