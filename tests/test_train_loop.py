@@ -35,7 +35,6 @@ def _config(tiny_dir: Path, data, out: Path, **overrides) -> dict:
         "train_file": str(data[0]),
         "eval_file": str(data[1]),
         "output_dir": str(out),
-        "mesh": "data=1",
         "tensorboard": False,
         **overrides,
     }
