@@ -203,10 +203,6 @@ class TrainStep:
         with jax.set_mesh(self.mesh):
             return self.fn(state, frozen, batch)
 
-    def lower(self, *args: Any) -> Any:
-        with jax.set_mesh(self.mesh):
-            return self.fn.lower(*args)
-
     def init_state(self, params: nnx.State) -> dict[str, Any]:
         """Step 0 state from (sharded) parameters; the Adam moments are created on their shardings."""
         init = jax.jit(
