@@ -186,9 +186,9 @@ class TrainStep:
     """The jitted step `(state, frozen, batch) -> (state, metrics)` and what is needed to call or lower it.
 
     `state` is {"step", "params", "opt_state"} and is donated. `abstract_state` / `abstract_frozen` carry
-    shapes, dtypes and shardings, so `lower(abstract_state, abstract_frozen, abstract_batch(...))`
-    compiles the step for a mesh of compile-only devices (scripts/aot_compile.py).
-    """
+    shapes, dtypes and shardings: `fn.lower(abstract_state, abstract_frozen, abstract_batch(...))` under
+    `jax.sharding.use_abstract_mesh(mesh.abstract_mesh)` compiles it for compile-only TPU devices
+    (scripts/aot_compile.py)."""
 
     fn: Any
     mesh: jax.sharding.Mesh
