@@ -29,7 +29,8 @@ from embeddinggemma.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-LENGTH_BUCKETS = (64, 128, 256, 512, 768, 1024, 1536, 2048)
+# Steps of at most 1.5x: padding wastes under a third of a batch, and 13 lengths bound the compiles.
+LENGTH_BUCKETS = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 PROGRESS_MIN_TEXTS = 512  # a progress bar appears by default from this many texts on
 
 
