@@ -54,6 +54,10 @@ def test_notebook_runs_on_tiny_checkpoint(name: str, tiny_dir: Path, tmp_path: P
 @pytest.mark.reference
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_on_real_checkpoint(name: str, reference_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    if name == "finetune.ipynb" and os.environ.get("EMBEDDINGGEMMA_REAL_FINETUNE") != "1":
+        # Training the 300m model on a 2-core CI machine takes over 12 minutes and > 20 GB of RAM;
+        # CI runs this notebook on the tiny checkpoint. Opt in with EMBEDDINGGEMMA_REAL_FINETUNE=1.
+        pytest.skip("set EMBEDDINGGEMMA_REAL_FINETUNE=1 to fine-tune the real checkpoint in this test")
     nb = execute(name, reference_dir, tmp_path, monkeypatch)
     if name == "quickstart.ipynb":  # the real model answers the search queries correctly
         text = outputs(nb)
