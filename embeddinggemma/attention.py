@@ -73,7 +73,7 @@ def dense_attention(
         pos = jnp.arange(t)
         mask = mask & (jnp.abs(pos[:, None] - pos[None, :]) <= radius)
     probs = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
     return out.reshape(b, t, n, h)
 
 
@@ -113,7 +113,7 @@ def blocked_attention(
     band = jnp.asarray(np.abs(qpos - kpos) <= radius)  # (nb, C, W), static
     mask = band[None, :, None, None] & valid_w[:, :, None, None, None, :]
     probs = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnkgcw,bnwkh->bnckgh", probs, vw)
+    out = jnp.einsum("bnkgcw,bnwkh->bnckgh", probs, vw, preferred_element_type=jnp.float32).astype(v.dtype)
     return out.reshape(b, tp, n, h)[:, :t]
 
 

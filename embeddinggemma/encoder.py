@@ -1,11 +1,11 @@
 """The user API, shaped like sentence-transformers: `EmbeddingGemma.from_pretrained(...).encode(...)`.
 
-Batching: texts are sorted by token length (longest first, like sentence-transformers) and grouped
-by length bucket (`LENGTH_BUCKETS`, capped at max_seq_length); each batch holds at most `batch_size`
-texts of one bucket, padded to the bucket length and to a power-of-two row count (a multiple of the
-mesh's data-parallel size). A short query never pays for a long document in its batch, and a model
-compiles at most len(buckets) * (log2(batch_size) + 1) shapes whatever the input; each new shape is
-logged at debug level.
+Batching: texts are sorted by token length (longest first, like sentence-transformers) and cut into
+batches of at most `batch_size` texts of one length bucket, padded to the bucket length and to a
+power-of-two row count (a multiple of the mesh's data-parallel size); a batch with spare rows is
+topped up with the next, shorter texts, which then cost nothing extra. Buckets are 8 per doubling of
+length (`length_buckets`), so padding wastes at most 1/8 of a batch above 128 tokens, and a model
+compiles a bounded set of shapes whatever the input; each new shape is logged at debug level.
 """
 
 from __future__ import annotations
@@ -29,18 +29,25 @@ from embeddinggemma.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-# Steps of at most 1.5x: padding wastes under a third of a batch, and 13 lengths bound the compiles.
-LENGTH_BUCKETS = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 PROGRESS_MIN_TEXTS = 512  # a progress bar appears by default from this many texts on
+MIN_BUCKET, BUCKET_ALIGN = 32, 16
 
 
-def length_buckets(max_seq_length: int) -> tuple[int, ...]:
-    return (*tuple(b for b in LENGTH_BUCKETS if b < max_seq_length), max_seq_length)
+def length_buckets(max_seq_length: int, per_octave: int = 8) -> tuple[int, ...]:
+    """Padded lengths: `per_octave` evenly spaced lengths per doubling, multiples of 16, from 32 up to
+    max_seq_length (always the last). 8 per octave (encoding) bounds padding by 1/8 above 128 tokens;
+    training uses 2 (32, 48, 64, 96, 128, 192, ...), as each length there is a costly compile."""
+    out, octave = [], MIN_BUCKET
+    while octave < max_seq_length:
+        step = max(octave // per_octave, BUCKET_ALIGN)
+        out += [n for n in range(octave, 2 * octave, step) if n < max_seq_length]
+        octave *= 2
+    return (*out, max_seq_length)
 
 
-def bucket_length(length: int, max_seq_length: int) -> int:
+def bucket_length(length: int, max_seq_length: int, per_octave: int = 8) -> int:
     """The padded length of a sequence of `length` tokens: the smallest bucket that holds it."""
-    return next(b for b in length_buckets(max_seq_length) if b >= length)
+    return next(b for b in length_buckets(max_seq_length, per_octave) if b >= length)
 
 
 def _next_pow2(n: int) -> int:
@@ -241,24 +248,27 @@ class EmbeddingGemma:
         return bucket_length(length, self.config.max_seq_length)
 
     def _batches(self, lengths: list[int], batch_size: int) -> list[np.ndarray]:
-        """Indices of each batch: longest first, one length bucket per batch, at most batch_size."""
+        """Indices of each batch: longest first, one length bucket per batch, at most batch_size, then
+        topped up with the next (shorter) texts to the padded row count: those rows were padding."""
         order = np.argsort([-n for n in lengths], kind="stable")
-        batches: list[list[int]] = []
-        for i in order:
-            if (
-                not batches
-                or len(batches[-1]) == batch_size
-                or self._bucket(lengths[batches[-1][0]]) != self._bucket(lengths[i])
-            ):
-                batches.append([])
-            batches[-1].append(int(i))
-        return [np.asarray(b) for b in batches]
+        batches, i = [], 0
+        while i < len(order):
+            bucket, j = self._bucket(lengths[order[i]]), i + 1
+            while j < len(order) and j - i < batch_size and self._bucket(lengths[order[j]]) == bucket:
+                j += 1
+            j = min(i + self._rows(j - i), len(order))
+            batches.append(order[i:j])
+            i = j
+        return batches
+
+    def _rows(self, n: int) -> int:
+        """The padded row count of a batch of n texts: a power of two, a multiple of the data-parallel size."""
+        return -(-_next_pow2(n) // self._batch_multiple) * self._batch_multiple
 
     def pad_batch(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Pad to the bucket length and a power-of-two batch size (multiple of the data-parallel size)."""
         length = self._bucket(max(len(x) for x in ids))
-        rows = _next_pow2(len(ids))
-        rows = -(-rows // self._batch_multiple) * self._batch_multiple
+        rows = self._rows(len(ids))
         tokens = np.full((rows, length), self.config.pad_id, np.int32)
         for r, x in enumerate(ids):
             tokens[r, : len(x)] = x

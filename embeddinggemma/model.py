@@ -23,6 +23,15 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],
     return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
 
 
+def matmul(spec: str, x: jax.Array, w: nnx.Param, dtype) -> jax.Array:
+    """einsum of activations with a parameter cast to the compute dtype, accumulated in float32.
+
+    Rounding once at the end is what PyTorch does in bfloat16 too, and it is faster: XLA:CPU runs a
+    bfloat16 x bfloat16 -> float32 dot about twice as fast as one with a bfloat16 result.
+    """
+    return jnp.einsum(spec, x, w[...].astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+
+
 class RMSNorm(nnx.Module):
     """Gemma RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w), computed in float32, cast back."""
 
@@ -64,12 +73,11 @@ class Attention(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array, valid: jax.Array, impl: str) -> jax.Array:
-        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
-        q = rope(self.q_norm(jnp.einsum("btd,dnh->btnh", x, w(self.q_proj))), self.theta)
-        k = rope(self.k_norm(jnp.einsum("btd,dkh->btkh", x, w(self.k_proj))), self.theta)
-        v = jnp.einsum("btd,dkh->btkh", x, w(self.v_proj))
+        q = rope(self.q_norm(matmul("btd,dnh->btnh", x, self.q_proj, self.dtype)), self.theta)
+        k = rope(self.k_norm(matmul("btd,dkh->btkh", x, self.k_proj, self.dtype)), self.theta)
+        v = matmul("btd,dkh->btkh", x, self.v_proj, self.dtype)
         out = attention(q, k, v, valid, radius=self.radius, scale=self.scale, impl=impl)
-        return jnp.einsum("btnh,nhd->btd", out, w(self.o_proj))
+        return matmul("btnh,nhd->btd", out, self.o_proj, self.dtype)
 
 
 class MLP(nnx.Module):
@@ -83,9 +91,9 @@ class MLP(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = jax.nn.gelu(x @ self.gate_proj[...].astype(self.dtype), approximate=True)
-        hidden = constrain(gate * (x @ self.up_proj[...].astype(self.dtype)), ("batch", "length", "act_mlp"))
-        return hidden @ self.down_proj[...].astype(self.dtype)
+        gate = jax.nn.gelu(matmul("btd,df->btf", x, self.gate_proj, self.dtype), approximate=True)
+        hidden = constrain(gate * matmul("btd,df->btf", x, self.up_proj, self.dtype), ("batch", "length", "act_mlp"))
+        return matmul("btf,fd->btd", hidden, self.down_proj, self.dtype)
 
 
 class Block(nnx.Module):
@@ -171,7 +179,7 @@ class EmbeddingGemmaModule(nnx.Module):
         count = jnp.maximum(m.sum(axis=1), 1.0)  # an all-padding row pools to 0, never NaN
         x = ((tokens.astype(jnp.float32) * m).sum(axis=1) / count).astype(self.dtype)
         for kernel in self.dense:
-            x = x @ kernel[...].astype(self.dtype)
+            x = matmul("bi,io->bo", x, kernel, self.dtype)
         return l2_normalize(x.astype(jnp.float32))
 
 

@@ -91,9 +91,29 @@ def test_compiled_shapes_are_bounded(tiny_dir):
     for bs in (1, 3, 8):
         model.encode(texts, batch_size=bs)
     buckets = length_buckets(model.config.max_seq_length)
-    assert buckets == (32, 48, 64, 96, 128, 192, 256)
+    assert buckets == (32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256)
     assert {t for _, t in model._compiled_shapes} <= set(buckets)
     assert {b for b, _ in model._compiled_shapes} <= {1, 2, 4, 8}
+
+
+def test_length_buckets_bound_padding():
+    buckets = length_buckets(2048)
+    assert buckets[:7] == (32, 48, 64, 80, 96, 112, 128) and buckets[-3:] == (1792, 1920, 2048)
+    assert all(b % 16 == 0 for b in buckets)
+    assert all(hi - lo <= max(16, lo // 8) for lo, hi in zip(buckets, buckets[1:]))  # waste <= 1/8 above 128
+    assert length_buckets(2048, per_octave=2) == (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+    assert length_buckets(300)[-2:] == (288, 300)  # max_seq_length is always the last bucket
+
+
+def test_spare_rows_are_topped_up_with_shorter_texts(tiny_model: EmbeddingGemma):
+    """Three texts in the longest bucket pad to 4 rows: the fourth row takes the next text, not padding."""
+    lengths = [205, 200, 195, 100, 98, 97, 20, 20, 20]  # buckets 208 x 3, 112 x 3, 32 x 3
+    batches = tiny_model._batches(lengths, batch_size=8)
+    assert [list(b) for b in batches] == [[0, 1, 2, 3], [4, 5], [6, 7, 8]]
+    texts = [long_text(n, seed=n) for n in lengths]
+    together = tiny_model.encode(texts, batch_size=8)
+    alone = np.stack([tiny_model.encode(t) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
 def test_progress_bar_only_for_large_inputs(tiny_model: EmbeddingGemma, capsys):

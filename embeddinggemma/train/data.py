@@ -8,8 +8,9 @@ encode_query / encode_document do.
 Order: epoch e visits the examples in permutation(seed, e), in global batches of B (the remainder is
 dropped); process p of P takes rows [p B/P, (p+1) B/P) of each batch and tokenizes only those. The
 position (epoch, batch) is all the iterator's state, so a checkpoint that stores it resumes exactly.
-Sequences are padded to the encoder's length buckets (the longest in the global batch), so a run
-compiles one step per (query bucket, document bucket) pair.
+Sequences are padded to length buckets (the longest in the global batch), coarser than the encoder's
+(2 per doubling: 32, 48, 64, 96, 128, ...) because a run compiles one train step per (query bucket,
+document bucket) pair.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from embeddinggemma.tokenizer import Tokenizer
 from embeddinggemma.train.losses import MISSING
 
 logger = logging.getLogger(__name__)
+TRAIN_BUCKETS_PER_OCTAVE = 2
 
 
 class DataError(ValueError):
@@ -156,8 +158,8 @@ class Collator:
         docs = [self.documents(ex) for ex in examples]
         q_ids = self.q_tok.encode(queries)
         d_ids = self.d_tok.encode([t for row in docs for t in row])
-        q_tokens, q_valid = self._pad(q_ids, bucket_length(_global_max(max(map(len, q_ids))), self.q_len))
-        d_tokens, d_valid = self._pad(d_ids, bucket_length(_global_max(max(map(len, d_ids))), self.d_len))
+        q_tokens, q_valid = self._pad(q_ids, self._length(q_ids, self.q_len))
+        d_tokens, d_valid = self._pad(d_ids, self._length(d_ids, self.d_len))
         b, k1 = len(examples), 1 + self.k
         if self.mask_false_negatives:
             q_keys = np.array([text_key(t) for t in queries], np.int32)
@@ -175,6 +177,11 @@ class Collator:
             "q_keys": q_keys,
             "d_keys": d_keys,
         }
+
+    @staticmethod
+    def _length(ids: list[list[int]], max_len: int) -> int:
+        """The padded length of this global batch: the bucket of its longest sequence on any host."""
+        return bucket_length(_global_max(max(map(len, ids))), max_len, TRAIN_BUCKETS_PER_OCTAVE)
 
     def _pad(self, ids: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
         tokens = np.full((len(ids), length), self.pad_id, np.int32)
