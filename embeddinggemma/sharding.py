@@ -230,12 +230,18 @@ def host_local_batch(mesh: str | Mesh, *arrays: np.ndarray) -> tuple[jax.Array, 
 
 
 def maybe_initialize_distributed() -> None:
-    """Call `jax.distributed.initialize()` on a multi-host TPU slice (a no-op on one host).
+    """Call `jax.distributed.initialize()` when several processes share the job (a no-op for one).
 
-    Cloud TPU VMs expose the slice's topology through the metadata server, so no arguments are needed;
-    it must run before anything touches the devices.
+    On a multi-host Cloud TPU slice the topology comes from the metadata server, so no settings are
+    needed. Elsewhere (GPU hosts, several CPU processes) set JAX_COORDINATOR_ADDRESS ("host:port" of
+    process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process. It must run before anything
+    touches the devices.
     """
+    explicit = {
+        "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
+        "process_id": os.environ.get("JAX_PROCESS_ID"),
+    }
     multi_host = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or "JAX_COORDINATOR_ADDRESS" in os.environ
     if multi_host and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        jax.distributed.initialize(**{k: int(v) for k, v in explicit.items() if v is not None})
         logger.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

@@ -42,14 +42,19 @@ class Tokenizer:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids with <bos>/<eos>, truncated to max_seq_length (one warning saying how many)."""
-        pieces = self.sp.encode(list(texts)) if texts else []
-        room = self.max_seq_length - 2
-        truncated = sum(len(p) > room for p in pieces)
+        ids, truncated = self.encode_counting(texts)
         if truncated:
             logger.warning(
                 "%d of %d texts exceed max_seq_length=%d tokens and were truncated",
                 truncated,
-                len(pieces),
+                len(ids),
                 self.max_seq_length,
             )
-        return [[self.bos_id, *p[:room], self.eos_id] for p in pieces]
+        return ids
+
+    def encode_counting(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """`encode` without the warning: (ids, how many texts were truncated), for callers that report it."""
+        pieces = self.sp.encode(list(texts)) if texts else []
+        room = self.max_seq_length - 2
+        truncated = sum(len(p) > room for p in pieces)
+        return [[self.bos_id, *p[:room], self.eos_id] for p in pieces], truncated

@@ -171,14 +171,23 @@ def compile_encode(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, t: int
     return _report("encode", mesh, f"{batch} x {t}", compiled, t0, kernel, batch * (dense + attn) / chips)
 
 
-def compile_train(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, t: int, impl: str, remat: bool) -> Report:
+def compile_train(
+    cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, t: int, impl: str, remat: bool, grad_cache: int | None
+) -> Report:
     """The real train step (embeddinggemma.train): (query, document) pairs of t tokens each, AdamW,
-    float32 master weights, bfloat16 compute, parameters and moments by the "train" rules."""
+    float32 master weights, bfloat16 compute, parameters and moments by the "train" rules; with
+    `grad_cache` rows embedded at a time (GradCache: one extra forward without gradients)."""
     from embeddinggemma.train.config import TrainConfig
     from embeddinggemma.train.step import abstract_batch, build_train_step
 
     train_cfg = TrainConfig(
-        model="-", train_file="-", output_dir="-", global_batch_size=batch, attention_impl=impl, remat=remat
+        model="-",
+        train_file="-",
+        output_dir="-",
+        global_batch_size=batch,
+        attention_impl=impl,
+        remat=remat,
+        grad_cache_chunk=grad_cache,
     )
     step = build_train_step(train_cfg, cfg, mesh, total_steps=1000)
     t0 = time.perf_counter()
@@ -187,9 +196,12 @@ def compile_train(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, t: int,
     compiled = lowered.compile()
     chips, rows = mesh.devices.size, 2 * batch  # queries and documents
     dense, attn = forward_flops(cfg, t)
-    passes = 3 + remat  # forward + backward (2x) + recompute
-    kernel = _kernel_flops(cfg, impl, t, rows / chips, passes=9 + 2 * remat)  # splash: fwd 2, dkv 4, dq 3 matmuls
-    return _report("train", mesh, f"{batch} pairs x {t}", compiled, t0, kernel, passes * rows * (dense + attn) / chips)
+    cached = grad_cache is not None and grad_cache < batch  # as loss_and_grads decides
+    passes = 3 + remat + cached  # forward + backward (2x) + recompute + GradCache's gradient-free forward
+    kernel_passes = 9 + 2 * remat + 2 * cached  # splash matmuls: forward 2, dkv 4, dq 3
+    kernel = _kernel_flops(cfg, impl, t, rows / chips, passes=kernel_passes)
+    name = f"train, GradCache {grad_cache}" if cached else "train"
+    return _report(name, mesh, f"{batch} pairs x {t}", compiled, t0, kernel, passes * rows * (dense + attn) / chips)
 
 
 def default_mesh(kind: str, chips: int) -> str:
@@ -210,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-mesh", help="mesh spec (default fsdp=-1 up to 16 chips, else data=-1,fsdp=16)")
     p.add_argument("--attention", default="splash", choices=[i for i in attention.IMPLEMENTATIONS if i != "auto"])
     p.add_argument("--no-remat", action="store_true", help="keep all activations (no per-block recompute)")
+    p.add_argument("--grad-cache", type=int, help="GradCache chunk: sequences embedded at once in the train step")
     p.add_argument("--config", default="embeddinggemma-300m", help="preset name in configs/")
     args = p.parse_args(argv)
 
@@ -225,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "encode":
             reports.append(compile_encode(cfg, mesh, args.encode_batch, args.seq_len, args.attention))
         elif kind == "train":
-            reports.append(compile_train(cfg, mesh, args.train_batch, args.seq_len, args.attention, not args.no_remat))
+            reports.append(
+                compile_train(
+                    cfg, mesh, args.train_batch, args.seq_len, args.attention, not args.no_remat, args.grad_cache
+                )
+            )
         else:
             raise SystemExit(f"unknown step {kind!r}")
         print(reports[-1].row(), flush=True)

@@ -19,12 +19,13 @@ import json
 import random
 import re
 import sysconfig
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
 MIN_WORDS, MAX_WORDS = 5, 40  # query length in words: shorter is too vague, longer is a paragraph
-MAX_CODE_LINES = 30  # positives keep the first lines of a function (the signature and the start of the body)
+MAX_CODE_LINES = 16  # positives keep the first lines of a function (the signature and the start of the body)
 
 
 def summary(docstring: str) -> str | None:
@@ -56,8 +57,9 @@ def functions(path: Path, source: str) -> Iterator[tuple[str, str, str]]:
                 first_stmt = child.body[0]
                 start = min([child.lineno, *(d.lineno for d in child.decorator_list)]) - 1
                 body = lines[start : first_stmt.lineno - 1] + lines[first_stmt.end_lineno : child.end_lineno]
-                code = "\n".join(line for line in body[:MAX_CODE_LINES] if line.strip())
-                if len(code.splitlines()) >= 3:  # a signature and a real body
+                code = textwrap.dedent("\n".join(line for line in body if line.strip())).splitlines()
+                code = "\n".join(code[:MAX_CODE_LINES])
+                if code.count("\n") >= 2:  # a signature and a real body
                     yield f"{prefix}{child.name}", query, code
 
 
@@ -90,8 +92,12 @@ def build(
     train: list[dict] = []
     evals: list[dict] = []
     seen: set[str] = set()
-    for module, items in collect(root).items():
-        items = [it for it in items if not (it[1] in seen or seen.add(it[1]))]
+    for module, found in collect(root).items():
+        items = []
+        for item in found:
+            if item[1] not in seen:
+                seen.add(item[1])
+                items.append(item)
         if len(items) < 2:  # a hard negative needs a second function of the module
             continue
         for i, (_, query, code) in enumerate(items):

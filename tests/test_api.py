@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_length_buckets_bound_padding():
     buckets = length_buckets(2048)
     assert buckets[:7] == (32, 48, 64, 80, 96, 112, 128) and buckets[-3:] == (1792, 1920, 2048)
     assert all(b % 16 == 0 for b in buckets)
-    assert all(hi - lo <= max(16, lo // 8) for lo, hi in zip(buckets, buckets[1:]))  # waste <= 1/8 above 128
+    assert all(hi - lo <= max(16, lo // 8) for lo, hi in itertools.pairwise(buckets))  # waste <= 1/8 above 128
     assert length_buckets(2048, per_octave=2) == (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
     assert length_buckets(300)[-2:] == (288, 300)  # max_seq_length is always the last bucket
 

@@ -4,6 +4,7 @@ bit-exactly after SIGTERM, and rejects malformed data with file and line."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,9 +16,11 @@ import numpy as np
 import pytest
 
 from embeddinggemma import EmbeddingGemma
+from embeddinggemma.config import ModelConfig
 from embeddinggemma.train import TrainConfig, train
-from embeddinggemma.train.data import DataError, read_jsonl
+from embeddinggemma.train.data import Collator, DataError, Example, Prompts, read_jsonl
 from tests.retrieval_data import write_split
+from tests.texts import long_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +51,7 @@ def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
     print(f"held-out nDCG@10 (48-d): {before:.4f} -> {after:.4f}")
     assert result["status"] == "completed" and after > before + 0.05
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss", "loss@8", "grad_norm", "examples_per_s", "tokens_per_s"} <= set(logged[1])
+    assert {"loss", "loss@8", "grad_norm", "examples_per_s", "tokens_per_s", "truncated_documents"} <= set(logged[1])
     assert any("eval/8/recall@100" in row for row in logged)
 
     export = Path(result["export"])
@@ -130,3 +133,17 @@ def test_malformed_line_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"bad\.jsonl:3: malformed example: 'positive' must be a string"):
         read_jsonl(path)
     assert len(read_jsonl(path, skip_malformed=True)) == 1
+
+
+def test_truncation_is_warned_once_and_counted(tiny_dir, caplog):
+    model_cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
+    prompts = Prompts.resolve(model_cfg, None, None, "title: {title} | text: ")
+    collator = Collator(tiny_dir / "tokenizer.model", model_cfg, prompts, num_negatives=0, max_doc_length=16)
+    long_doc = Example("a query", long_text(40, 1), ())
+    with caplog.at_level(logging.WARNING, logger="embeddinggemma"):
+        batch = collator([long_doc, Example("another query", "short", ())])
+        collator([long_doc])
+    assert collator.truncated == {"queries": 0, "documents": 2}
+    assert batch["d_valid"].shape[-1] == 16 and batch["d_valid"][0].all()
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("training documents longer than 16 tokens are truncated")

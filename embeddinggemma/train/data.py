@@ -145,6 +145,7 @@ class Collator:
         self.prompts = prompts
         self.k = num_negatives
         self.mask_false_negatives = mask_false_negatives
+        self.truncated = {"queries": 0, "documents": 0}  # texts cut to max_*_length on this host so far
 
     def documents(self, ex: Example) -> list[str]:
         """Positive then exactly k negatives; a missing negative repeats the positive (masked by key)."""
@@ -156,8 +157,8 @@ class Collator:
         """`row_offset`: index of examples[0] in the global batch (keeps position keys globally unique)."""
         queries = [self.prompts.format_query(ex.query) for ex in examples]
         docs = [self.documents(ex) for ex in examples]
-        q_ids = self.q_tok.encode(queries)
-        d_ids = self.d_tok.encode([t for row in docs for t in row])
+        q_ids = self._encode("queries", self.q_tok, queries)
+        d_ids = self._encode("documents", self.d_tok, [t for row in docs for t in row])
         q_tokens, q_valid = self._pad(q_ids, self._length(q_ids, self.q_len))
         d_tokens, d_valid = self._pad(d_ids, self._length(d_ids, self.d_len))
         b, k1 = len(examples), 1 + self.k
@@ -177,6 +178,19 @@ class Collator:
             "q_keys": q_keys,
             "d_keys": d_keys,
         }
+
+    def _encode(self, kind: str, tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+        """Tokenize and count truncations: one warning per run, the running count goes to the metrics."""
+        ids, truncated = tokenizer.encode_counting(texts)
+        if truncated and not self.truncated[kind]:
+            logger.warning(
+                "training %s longer than %d tokens are truncated (running count: truncated_%s in the metrics)",
+                kind,
+                tokenizer.max_seq_length,
+                kind,
+            )
+        self.truncated[kind] += truncated
+        return ids
 
     @staticmethod
     def _length(ids: list[list[int]], max_len: int) -> int:

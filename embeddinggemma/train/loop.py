@@ -184,6 +184,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 dt = time.perf_counter() - t0
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 values |= {"examples_per_s": examples / dt, "tokens_per_s": tokens / dt, "epoch": batches.epoch}
+                values |= {f"truncated_{kind}": n for kind, n in collator.truncated.items()}
                 log.write(step, values)
                 bar.set_postfix(
                     loss=f"{loss:.4f}", ex_s=f"{values['examples_per_s']:.1f}", tok_s=f"{values['tokens_per_s']:.0f}"

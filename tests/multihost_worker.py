@@ -1,0 +1,37 @@
+"""One process of tests/test_multihost.py: joins a 2-process JAX job on CPU (4 devices each), encodes
+with a mesh over all 8 devices, then fine-tunes, each process feeding only its half of every batch.
+
+    python -m tests.multihost_worker TINY_DIR TRAIN_CONFIG_JSON OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.texts import SHORT, long_text
+
+TEXTS = [*SHORT, long_text(150, 1), long_text(40, 2)]
+MESH = "data=2,fsdp=4"
+
+
+def main(tiny_dir: str, train_config: str, out_dir: str) -> None:
+    from embeddinggemma import EmbeddingGemma, sharding
+    from embeddinggemma.train import TrainConfig, train
+
+    sharding.maybe_initialize_distributed()
+    import jax
+
+    assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
+    out = Path(out_dir)
+    emb = EmbeddingGemma.from_pretrained(tiny_dir, mesh=MESH).encode(TEXTS)
+    np.save(out / f"embeddings{jax.process_index()}.npy", emb)
+    result = train(TrainConfig.from_dict(json.loads(Path(train_config).read_text())))
+    (out / f"result{jax.process_index()}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

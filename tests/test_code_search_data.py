@@ -1,0 +1,83 @@
+"""scripts/make_code_search_data.py: docstring -> code pairs, split by module, no answer leaked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "make_code_search_data", Path(__file__).parent.parent / "scripts" / "make_code_search_data.py"
+)
+data = sys.modules["make_code_search_data"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(data)
+
+MODULE = '''
+def add(a, b):
+    """Return the sum of two numbers given as arguments.
+
+    Longer explanation that must not reach the query.
+    """
+    total = a + b
+    return total
+
+
+class Box:
+    @staticmethod
+    def open_lid(force):
+        """Open the lid of the box with the given force. Then close it."""
+        if force > 1:
+            raise ValueError(force)
+        return True
+
+
+def short(x):
+    """Too short."""
+    return x
+'''
+
+
+def _tree(tmp_path: Path, modules: int) -> Path:
+    for i in range(modules):
+        (tmp_path / f"mod{i}.py").write_text(MODULE.replace("numbers", f"numbers {i}").replace("box", f"box {i}"))
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "skipped.py").write_text(MODULE.replace("numbers", "skipped numbers"))
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    return tmp_path
+
+
+def test_pairs_take_the_first_sentence_and_strip_the_docstring(tmp_path):
+    found = data.collect(_tree(tmp_path, 1))
+    assert list(found) == ["mod0"]  # test/ skipped, a syntax error is not fatal
+    by_name = {name: (query, code) for name, query, code in found["mod0"]}
+    assert set(by_name) == {"add", "Box.open_lid"}  # "Too short." is not a query
+    assert by_name["add"][0] == "Return the sum of two numbers 0 given as arguments."
+    assert by_name["Box.open_lid"][0] == "Open the lid of the box 0 with the given force."
+    assert by_name["Box.open_lid"][1].splitlines()[0].strip() == "@staticmethod"
+    for _, code in by_name.values():
+        assert '"""' not in code and "Longer explanation" not in code
+    assert "return total" in by_name["add"][1]
+
+
+def test_split_is_by_module_deterministic_and_deduplicated(tmp_path):
+    root = _tree(tmp_path, 40)
+    (root / "dup.py").write_text(MODULE.replace("numbers", "numbers 0").replace("box", "box 0"))
+    train, evals = data.build(root, eval_fraction=0.3, max_eval=1000)
+    assert (train, evals) == data.build(root, eval_fraction=0.3, max_eval=1000)
+    queries = [r["query"] for r in train + evals]
+    assert len(queries) == len(set(queries)) == 80  # dup.py repeats mod0's queries: dropped
+    eval_modules = {q.split()[-4] for q in (r["query"] for r in evals) if "sum" in q}
+    train_modules = {q.split()[-4] for q in (r["query"] for r in train) if "sum" in q}
+    assert eval_modules and train_modules and not eval_modules & train_modules
+    for row in train + evals:
+        assert row["negatives"][0] != row["positive"]
+
+
+def test_cli_writes_jsonl(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    assert data.main([str(out), "--source", str(_tree(src, 30)), "--eval-fraction", "0.3"]) == 0
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert rows and set(rows[0]) == {"query", "positive", "negatives"}
+    assert (out / "eval.jsonl").read_text().strip()
