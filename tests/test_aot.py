@@ -59,5 +59,7 @@ def test_grad_cache_train_step_compiles_in_less_memory(v5e_2x2):
     cached = aot.compile_train(cfg, mesh, batch=64, t=512, impl="splash", remat=True, grad_cache=16)
     assert cached.name == "train, GradCache 16" and full.name == "train"
     assert cached.temp < 0.6 * full.temp
-    for report in (full, cached):
-        assert 0.95 < (report.xla_flops + report.kernel_flops) / report.analytic_flops < 1.15
+    assert 0.95 < (full.xla_flops + full.kernel_flops) / full.analytic_flops < 1.15
+    # GradCache: 1 extra forward in the analytic count; XLA counts each chunk loop's body once, so no ratio
+    assert cached.analytic_flops == pytest.approx(full.analytic_flops * 5 / 4)
+    assert cached.loops and "n/a" in cached.row() and f"{cached.analytic_flops:.3e} a" in cached.row()
