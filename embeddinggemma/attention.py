@@ -12,7 +12,8 @@ Backends (`impl`):
 * "dense"    - the reference: full T x T logits, float32 softmax. Cost grows with T^2 for every layer.
 * "blocked"  - sliding layers attend block by block: queries in blocks of C = radius / 2 see only the
                5 key blocks around them (5C = 2.5 * radius keys instead of T), so cost grows with
-               T * radius. Global layers use "dense". Plain XLA: the CPU default, also runs on TPU/GPU.
+               T * radius. Global layers go one tile of 256 queries at a time ("tiled"), so a tile's
+               logits stay in cache. Plain XLA: the CPU default, also runs on TPU/GPU.
 * "dot_product" - jax.nn.dot_product_attention with `local_window_size`; cuDNN for global layers on GPU
                in bfloat16 (cuDNN refuses a bidirectional window), XLA otherwise. The GPU default.
 * "splash"   - Pallas splash attention (TPU): LocalMask(radius, radius) for sliding layers so masked-out
@@ -90,10 +91,12 @@ def blocked_attention(
     the 2m+1 shifted copies are stacked, so every block holds a (C, (2m+1)C) logits tile.
     """
     b, t, n, h = q.shape
-    c = max(1, math.ceil(radius / BLOCKS_PER_RADIUS)) if radius is not None else t
-    m = math.ceil(radius / c) if radius is not None else 0
+    if radius is None:
+        return tiled_attention(q, k, v, valid, scale=scale)
+    c = max(1, math.ceil(radius / BLOCKS_PER_RADIUS))
+    m = math.ceil(radius / c)
     width = (2 * m + 1) * c
-    if radius is None or width >= t:
+    if width >= t:
         return dense_attention(q, k, v, valid, radius=radius, scale=scale)
     kv = k.shape[2]
     nb = -(-t // c)
@@ -115,6 +118,37 @@ def blocked_attention(
     probs = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(v.dtype)
     out = jnp.einsum("bnkgcw,bnwkh->bnckgh", probs, vw, preferred_element_type=jnp.float32).astype(v.dtype)
     return out.reshape(b, tp, n, h)[:, :t]
+
+
+QUERY_TILE = 256  # global layers on CPU: (256 x 3 heads) x T float32 logits fit in L2/L3 up to T ~ 2048
+
+
+def tiled_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, scale: float) -> jax.Array:
+    """Global (unwindowed) attention one tile of queries at a time under lax.map.
+
+    Same math as `dense_attention`; the softmax denominator is applied after the PV product (one
+    division per output element instead of per logit). Materializing all T x T logits and passing over
+    them three times is memory-bound on CPU: at T = 2048 this runs about twice as fast.
+    """
+    b, t, n, h = q.shape
+    kv, c = k.shape[2], QUERY_TILE
+    if t <= c:
+        return dense_attention(q, k, v, valid, radius=None, scale=scale)
+    g, nb = n // kv, -(-t // c)
+    qp = jnp.pad(q, ((0, 0), (0, nb * c - t), (0, 0), (0, 0)))  # padded queries are sliced off below
+    tiles = qp.reshape(b, nb, c, kv, g, h).transpose(1, 0, 3, 2, 4, 5).reshape(nb, b, kv, c * g, h)
+    kt, vt = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, K, T, H)
+    mask = valid[:, None, None, :]
+
+    def one(x: jax.Array) -> jax.Array:  # (B, K, C*G, H) -> same
+        logits = jnp.einsum("bkmh,bksh->bkms", x, kt, preferred_element_type=jnp.float32) * scale
+        logits = jnp.where(mask, logits, MASK_VALUE)
+        e = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
+        out = jnp.einsum("bkms,bksh->bkmh", e.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+        return (out / e.sum(axis=-1, keepdims=True)).astype(v.dtype)
+
+    out = jax.lax.map(one, tiles).reshape(nb, b, kv, c, g, h).transpose(1, 0, 3, 2, 4, 5)
+    return out.reshape(b, nb * c, n, h)[:, :t]
 
 
 def dot_product_attention(

@@ -41,6 +41,18 @@ def test_backend_matches_dense(impl: str, t: int, radius: int | None, heads: int
     assert _max_diff_on_valid(out, ref, valid) <= 1e-5
 
 
+@pytest.mark.parametrize(("t", "heads", "kv_heads"), [(600, 3, 1), (512, 4, 2)])
+def test_tiled_global_attention_matches_dense(t: int, heads: int, kv_heads: int):
+    """Global layers of the blocked backend: several query tiles, the last one partial when t = 600."""
+    assert t > A.QUERY_TILE
+    q, k, v, valid = _inputs(2, t, heads, kv_heads, 32, [t, t - 333])
+    with jax.default_matmul_precision("highest"):
+        ref = A.dense_attention(q, k, v, valid, radius=None, scale=0.25)
+        out = jax.jit(lambda *x: A.attention(*x, radius=None, scale=0.25, impl="blocked"))(q, k, v, valid)
+    assert out.shape == q.shape
+    assert _max_diff_on_valid(out, ref, valid) <= 1e-5
+
+
 def test_window_edge_is_exact():
     """A key at distance radius is seen, radius + 1 is not: only the blocked band decides this."""
     t, radius = 64, 8
