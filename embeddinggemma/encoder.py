@@ -10,6 +10,7 @@ compiles a bounded set of shapes whatever the input; each new shape is logged at
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ PROGRESS_MIN_TEXTS = 512  # a progress bar appears by default from this many tex
 MIN_BUCKET, BUCKET_ALIGN = 32, 16
 
 
+@functools.cache  # asked once per text when batching
 def length_buckets(max_seq_length: int, per_octave: int = 8) -> tuple[int, ...]:
     """Padded lengths: `per_octave` evenly spaced lengths per doubling, multiples of 16, from 32 up to
     max_seq_length (always the last). 8 per octave (encoding) bounds padding by 1/8 above 128 tokens;

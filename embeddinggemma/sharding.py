@@ -237,11 +237,8 @@ def maybe_initialize_distributed() -> None:
     process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process. It must run before anything
     touches the devices.
     """
-    explicit = {
-        "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
-        "process_id": os.environ.get("JAX_PROCESS_ID"),
-    }
     multi_host = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or "JAX_COORDINATOR_ADDRESS" in os.environ
     if multi_host and not jax.distributed.is_initialized():
-        jax.distributed.initialize(**{k: int(v) for k, v in explicit.items() if v is not None})
+        env = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+        jax.distributed.initialize(**{k: int(os.environ[v]) for k, v in env.items() if v in os.environ})
         logger.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

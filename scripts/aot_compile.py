@@ -97,13 +97,15 @@ class Report:
         """FLOPs, ideal time and ratio from the compiled count; for a looping step (GradCache) that count
         misses all but one iteration, so the analytic FLOPs are shown (marked "a") and no ratio."""
         gib = lambda x: f"{x / 2**30:.2f}"  # noqa: E731
-        flops = self.xla_flops + self.kernel_flops
-        shown, ratio = (f"{self.analytic_flops:.3e} a", "n/a") if self.loops else (f"{flops:.3e}", "")
-        ideal = (self.analytic_flops if self.loops else flops) / V5E_BF16_FLOPS
+        compiled = self.xla_flops + self.kernel_flops
+        if self.loops:
+            flops, shown, ratio = self.analytic_flops, f"{self.analytic_flops:.3e} a", "n/a"
+        else:
+            flops, shown, ratio = compiled, f"{compiled:.3e}", f"{compiled / self.analytic_flops:.3f}"
         return (
             f"| {self.name} | {self.mesh} | {self.shape} | {gib(self.argument)} | {gib(self.output)} | "
-            f"{gib(self.temp)} | {gib(self.total)} | {shown} | {1e3 * ideal:.1f} | "
-            f"{ratio or f'{flops / self.analytic_flops:.3f}'} | {self.compile_s:.0f} |"
+            f"{gib(self.temp)} | {gib(self.total)} | {shown} | {1e3 * flops / V5E_BF16_FLOPS:.1f} | "
+            f"{ratio} | {self.compile_s:.0f} |"
         )
 
 

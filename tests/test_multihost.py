@@ -15,14 +15,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from embeddinggemma import EmbeddingGemma
 from embeddinggemma.train import TrainConfig, train
 from tests.multihost_worker import MESH, TEXTS
 from tests.retrieval_data import write_split
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.train_helpers import ROOT, final_state, tiny_run_config
 
 
 def _free_port() -> int:
@@ -32,31 +30,7 @@ def _free_port() -> int:
 
 
 def _train_config(tiny_dir: Path, data: tuple[Path, Path], out: Path) -> dict:
-    base = json.loads((ROOT / "configs" / "train_tiny.json").read_text())
-    return {
-        **base,
-        "model": str(tiny_dir),
-        "train_file": str(data[0]),
-        "eval_file": None,
-        "output_dir": str(out),
-        "mesh": MESH,
-        "steps": 4,
-        "save_every": 2,
-        "tensorboard": False,
-        "export": False,
-    }
-
-
-def _final_state(out: Path, like=None):
-    """(step, state) of the newest checkpoint; `like` gives the target tree (needed to read a checkpoint
-    written by a different process topology), placed on this process's first device."""
-    target = None
-    if like is not None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
-    ckpts = ocp.CheckpointManager(out.absolute() / "checkpoints")
-    restored = ckpts.restore(ckpts.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return ckpts.latest_step(), restored["state"]
+    return tiny_run_config(tiny_dir, data, out, eval_file=None, mesh=MESH, steps=4, save_every=2, export=False)
 
 
 def test_two_processes_match_one(tiny_dir, tmp_path):
@@ -89,8 +63,8 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     reference = train(TrainConfig.from_dict(_train_config(tiny_dir, data, tmp_path / "single")))
     assert reference["status"] == "completed"
     assert [json.loads((tmp_path / f"result{pid}.json").read_text())["step"] for pid in range(2)] == [4, 4]
-    step_single, ref = _final_state(tmp_path / "single")
-    step_multi, multi = _final_state(tmp_path / "multi", like=ref)
+    step_single, ref = final_state(tmp_path / "single")
+    step_multi, multi = final_state(tmp_path / "multi", like=ref)
     assert step_multi == step_single == 4 and int(multi["step"]) == 4
     flat_multi, flat_ref = jax.tree.leaves(multi["params"]), jax.tree.leaves(ref["params"])
     assert len(flat_multi) == len(flat_ref) > 0

@@ -21,8 +21,7 @@ from embeddinggemma.train import TrainConfig, train
 from embeddinggemma.train.data import Collator, DataError, Example, Prompts, read_jsonl
 from tests.retrieval_data import write_split
 from tests.texts import long_text
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.train_helpers import ROOT, final_state, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -30,23 +29,10 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return write_split(tmp_path_factory.mktemp("retrieval"))
 
 
-def _config(tiny_dir: Path, data, out: Path, **overrides) -> dict:
-    base = json.loads((ROOT / "configs" / "train_tiny.json").read_text())
-    return {
-        **base,
-        "model": str(tiny_dir),
-        "train_file": str(data[0]),
-        "eval_file": str(data[1]),
-        "output_dir": str(out),
-        "tensorboard": False,
-        **overrides,
-    }
-
-
 def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    result = train(TrainConfig.from_dict(_config(tiny_dir, data, tmp_path / "run")))
+    result = train(TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run")))
     before, after = result["eval_start"]["eval/48/ndcg@10"], result["eval_end"]["eval/48/ndcg@10"]
     print(f"held-out nDCG@10 (48-d): {before:.4f} -> {after:.4f}")
     assert result["status"] == "completed" and after > before + 0.05
@@ -76,20 +62,11 @@ def _train_subprocess(cfg_path: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def _final_params(out: Path) -> dict:
-    import orbax.checkpoint as ocp
-
-    ckpts = ocp.CheckpointManager(out.absolute() / "checkpoints")
-    step = ckpts.latest_step()
-    restored = ckpts.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, restored["state"]["params"]
-
-
 def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
     overrides = {"steps": 200, "save_every": 1000, "eval_file": None, "export": False, "log_every": 1}
     overrides |= {"grad_cache_chunk": None}  # one compile fewer per process
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(_config(tiny_dir, data, tmp_path / "interrupted", **overrides)))
+    cfg.write_text(json.dumps(tiny_run_config(tiny_dir, data, tmp_path / "interrupted", **overrides)))
     proc = _train_subprocess(cfg)
     metrics = tmp_path / "interrupted" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -98,7 +75,7 @@ def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
-    stopped, _ = _final_params(tmp_path / "interrupted")
+    stopped, _ = final_state(tmp_path / "interrupted")
     assert 3 <= stopped < 200, stopped
 
     refused = _train_subprocess(cfg)  # same output_dir without --resume: an error, nothing overwritten
@@ -110,14 +87,14 @@ def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
     assert resumed.returncode == 0, out
 
     straight_cfg = tmp_path / "straight.json"
-    straight_cfg.write_text(json.dumps(_config(tiny_dir, data, tmp_path / "straight", **overrides)))
+    straight_cfg.write_text(json.dumps(tiny_run_config(tiny_dir, data, tmp_path / "straight", **overrides)))
     straight = _train_subprocess(straight_cfg)
     out, _ = straight.communicate(timeout=180)
     assert straight.returncode == 0, out
 
-    (step_a, a), (step_b, b) = _final_params(tmp_path / "interrupted"), _final_params(tmp_path / "straight")
+    (step_a, a), (step_b, b) = final_state(tmp_path / "interrupted"), final_state(tmp_path / "straight")
     assert step_a == step_b == 200
-    for x, y in zip(nnx_leaves(a), nnx_leaves(b), strict=True):
+    for x, y in zip(nnx_leaves(a["params"]), nnx_leaves(b["params"]), strict=True):
         np.testing.assert_array_equal(x, y)
 
 

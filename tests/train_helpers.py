@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import jax
 from flax import nnx
@@ -14,6 +16,7 @@ from embeddinggemma.train.config import TrainConfig
 from embeddinggemma.train.data import Collator, Example, Prompts
 from tests.texts import SHORT, long_text
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY_DIMS = (48, 32, 16, 8)
 
 EXAMPLES = [
@@ -62,3 +65,32 @@ def tiny_params(tiny_dir: Path, cfg: TrainConfig) -> tuple[nnx.GraphDef, nnx.Sta
     nnx.update(module, loaded)
     _, frozen, params = step.split_module(module, cfg.freeze_embeddings)
     return graphdef, jax.tree.map(lambda x: x, frozen), params
+
+
+def tiny_run_config(tiny_dir: Path, data: tuple[Path, Path], out: Path, **overrides: Any) -> dict[str, Any]:
+    """configs/train_tiny.json pointed at the tiny checkpoint, a (train, eval) split and `out`."""
+    base = json.loads((ROOT / "configs" / "train_tiny.json").read_text())
+    return {
+        **base,
+        "model": str(tiny_dir),
+        "train_file": str(data[0]),
+        "eval_file": str(data[1]),
+        "output_dir": str(out),
+        "tensorboard": False,
+        **overrides,
+    }
+
+
+def final_state(out: Path, like: Any = None) -> tuple[int, dict[str, Any]]:
+    """(step, state) of the newest checkpoint of a run. `like` gives the target tree, needed to read a
+    checkpoint written by a different process topology; it is placed on this process's first device."""
+    import orbax.checkpoint as ocp
+
+    target = None
+    if like is not None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
+    ckpts = ocp.CheckpointManager(out.absolute() / "checkpoints")
+    step = ckpts.latest_step()
+    restored = ckpts.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return step, restored["state"]
