@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import os
 import time
 
@@ -33,6 +32,7 @@ from jax.experimental import topologies
 from embeddinggemma import attention, sharding
 from embeddinggemma.checkpoint import abstract_state
 from embeddinggemma.config import FULL, ModelConfig
+from embeddinggemma.flops import forward_flops
 from embeddinggemma.model import EmbeddingGemmaModule
 
 V5E_BF16_FLOPS = 197e12  # per chip
@@ -49,14 +49,6 @@ def tpu_devices(topology: str) -> list:
 # ----------------------------------------------------------------------------------------- FLOP counts
 
 
-def attended_pairs(t: int, radius: int | None) -> int:
-    """(query, key) pairs the mask allows in one sequence of t real tokens."""
-    if radius is None:
-        return t * t
-    i = np.arange(t)
-    return int((np.minimum(t, i + radius + 1) - np.maximum(0, i - radius)).sum())
-
-
 def splash_tile_pairs(t: int, radius: int | None) -> int:
     """(query, key) pairs splash computes: every element of each tile the mask touches."""
     b = min(SPLASH_TILE[radius is not None], t)
@@ -66,16 +58,6 @@ def splash_tile_pairs(t: int, radius: int | None) -> int:
     qi, kj = starts[:, None], starts[None, :]
     touched = (kj <= qi + b - 1 + radius) & (kj + b - 1 >= qi - radius)
     return int(touched.sum()) * b * b
-
-
-def forward_flops(cfg: ModelConfig, t: int, pairs=attended_pairs) -> tuple[float, float]:
-    """(dense-layer matmul FLOPs, attention FLOPs) of one sequence's forward pass."""
-    d, n, k, h, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
-    per_token = 2 * (d * (n + 2 * k) * h + n * h * d + 3 * d * f)
-    widths = (d, *cfg.dense_features)
-    head = sum(2 * a * b for a, b in itertools.pairwise(widths))
-    attn = sum(4 * n * h * pairs(t, None if kind == FULL else cfg.sliding_window_radius) for kind in cfg.layer_types)
-    return cfg.num_layers * t * per_token + head, attn
 
 
 @dataclasses.dataclass
