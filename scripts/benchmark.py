@@ -1,13 +1,18 @@
 """Throughput of our JAX encoder vs sentence-transformers (PyTorch) on the same texts and machine.
 
     python scripts/benchmark.py --checkpoint DIR [--dtype float32|bfloat16] [--threads N]
+    python scripts/benchmark.py --checkpoint DIR --device gpu --dtype bfloat16 --scale 16 \
+        --short-batch 256 --long-batch 32 --attention auto,blocked --peak-tflops 989
 
-Workloads: (a) 256 short documents of 30-120 tokens, (b) 16 long documents of 1500-2048 tokens
-(token counts include <bos>/<eos>; both frameworks see the same strings). Each framework runs in its
-own child process, one after the other, so peak memory (max RSS) is its own and the two never
-compete for cores. Per workload: the first encode call (JAX: compilation; PyTorch: allocator and
-kernel warm-up) is reported separately, then the median of --repeats timed calls gives steady-state
-tokens/s. PyTorch gets torch.set_num_threads(--threads); XLA's CPU backend uses one thread per core.
+Workloads: (a) 256 short documents of 30-120 tokens, (b) 16 long documents of 1500-2048 tokens, each
+count multiplied by --scale (a GPU needs more work per call than a CPU; token counts include
+<bos>/<eos>; both frameworks see the same strings). Each framework, and each of our attention backends,
+runs in its own child process, one after the other, so peak memory is its own, a backend that fails
+does not take the others down, and nothing competes for cores. Per workload: the first encode call
+(JAX: compilation; PyTorch: allocator and kernel warm-up) is reported separately, then the median of
+--repeats timed calls gives steady-state tokens/s. PyTorch gets torch.set_num_threads(--threads);
+XLA's CPU backend uses one thread per core. With --peak-tflops (the device's dense peak for --dtype),
+model FLOP utilization = analytic forward FLOPs of the real tokens (embeddinggemma.flops) / time / peak.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import argparse
 import bisect
 import multiprocessing as mp
 import os
+import queue
 import random
 import resource
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 WORKLOADS = {"short": (256, 30, 120), "long": (16, 1500, 2048)}  # count, min tokens, max tokens
@@ -31,7 +38,7 @@ _WORDS = (
 ).split()
 
 
-def make_texts(checkpoint: str, seed: int = 0) -> dict[str, list[str]]:
+def make_texts(checkpoint: str, scale: int = 1, seed: int = 0) -> dict[str, list[str]]:
     """Deterministic documents cut to a random token count in each workload's range."""
     from embeddinggemma.config import ModelConfig
     from embeddinggemma.tokenizer import Tokenizer
@@ -41,102 +48,151 @@ def make_texts(checkpoint: str, seed: int = 0) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name, (count, lo, hi) in WORKLOADS.items():
         texts = []
-        for _ in range(count):
+        for _ in range(count * scale):
             target = rng.randint(lo, hi)
             words = [rng.choice(_WORDS) for _ in range(target)]  # >= 1 token per word: long enough
-            n_tokens = lambda n, words=words: len(tok.encode([" ".join(words[:n])])[0])  # noqa: E731
+            n_tokens = lambda n, words=words: len(tok.sp.encode(" ".join(words[:n]))) + 2  # noqa: E731 (+ bos, eos)
             keep = bisect.bisect_right(range(target + 1), target, key=n_tokens) - 1  # most words within target
             texts.append(" ".join(words[:keep]))
         out[name] = texts
     return out
 
 
-def _run(framework: str, args: argparse.Namespace, texts: dict[str, list[str]], queue: mp.Queue) -> None:
-    """Child process: load one framework, time every workload, report, exit."""
+def _load(framework: str, impl: str | None, args: argparse.Namespace):
+    """(encode(texts, batch_size) -> np.ndarray, token lengths(texts), peak device bytes() or None)."""
     if framework == "jax":
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("JAX_PLATFORMS", {"cpu": "cpu", "gpu": "cuda"}[args.device])
+        import jax
+
         from embeddinggemma import EmbeddingGemma
 
-        model = EmbeddingGemma.from_pretrained(args.checkpoint, dtype=args.dtype, attention_impl=args.attention)
-        encode = lambda xs, bs: model.encode(xs, batch_size=bs)  # noqa: E731
-        tokens = lambda xs: sum(len(x) for x in model.tokenizer.encode(xs))  # noqa: E731
-    else:
-        import torch
-        from sentence_transformers import SentenceTransformer
+        model = EmbeddingGemma.from_pretrained(args.checkpoint, dtype=args.dtype, attention_impl=impl)
+        device = jax.devices()[0]
+        peak = (lambda: device.memory_stats()["peak_bytes_in_use"]) if args.device == "gpu" else None
+        lengths = lambda xs: [len(x) for x in model.tokenizer.encode(xs)]  # noqa: E731
+        return lambda xs, bs: model.encode(xs, batch_size=bs), lengths, peak
 
-        torch.set_num_threads(args.threads)
-        model = SentenceTransformer(
-            args.checkpoint, device="cpu", model_kwargs={"torch_dtype": getattr(torch, args.dtype)}
-        )
+    import torch
+    from sentence_transformers import SentenceTransformer
 
-        def encode(xs: list[str], bs: int):
-            with torch.inference_mode():
-                return model.encode(xs, batch_size=bs, convert_to_numpy=True)
+    torch.set_num_threads(args.threads)
+    device = {"cpu": "cpu", "gpu": "cuda"}[args.device]
+    model = SentenceTransformer(args.checkpoint, device=device, model_kwargs={"dtype": getattr(torch, args.dtype)})
 
-        tokens = lambda xs: int(model.tokenize(xs)["attention_mask"].sum())  # noqa: E731
-    results = {}
-    for name, xs in texts.items():
-        bs = args.batch_size[name]
-        t0 = time.perf_counter()
-        encode(xs, bs)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(args.repeats):
+    def encode(xs: list[str], bs: int):
+        with torch.inference_mode():
+            return model.encode(xs, batch_size=bs, convert_to_numpy=True)
+
+    lengths = lambda xs: model.tokenize(xs)["attention_mask"].sum(-1).tolist()  # noqa: E731
+    return encode, lengths, torch.cuda.max_memory_allocated if args.device == "gpu" else None
+
+
+def _run(framework: str, impl: str | None, args: argparse.Namespace, texts: dict, out: mp.Queue) -> None:
+    """Child process: load one framework (one attention backend), time every workload, report, exit."""
+    try:
+        encode, lengths, peak = _load(framework, impl, args)
+        results: dict = {}
+        for name, xs in texts.items():
+            bs = args.batch_size[name]
             t0 = time.perf_counter()
-            emb = encode(xs, bs)
-            times.append(time.perf_counter() - t0)
-        results[name] = {
-            "tokens": tokens(xs),
-            "first_s": first,
-            "steady_s": statistics.median(times),
-            "emb": emb,
-        }
-    results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    queue.put(results)
+            encode(xs, bs)
+            first = time.perf_counter() - t0
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                emb = encode(xs, bs)
+                times.append(time.perf_counter() - t0)
+            results[name] = {"lengths": lengths(xs), "first_s": first, "steady_s": statistics.median(times), "emb": emb}
+        results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        results["peak_device_gib"] = peak() / 2**30 if peak else None
+        out.put(results)
+    except Exception:
+        out.put({"error": traceback.format_exc(limit=3)})
+
+
+def _child(ctx, framework: str, impl: str | None, args: argparse.Namespace, texts: dict) -> dict:
+    """Run one child to completion; a crash (no result) becomes an error entry instead of a hang."""
+    out = ctx.Queue()
+    proc = ctx.Process(target=_run, args=(framework, impl, args, texts, out))
+    proc.start()
+    while True:
+        try:
+            result = out.get(timeout=10)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                result = {"error": f"child process exited with code {proc.exitcode} before reporting"}
+                break
+    proc.join()
+    return result
+
+
+def _peaks(r: dict) -> str:
+    device = f", device {r['peak_device_gib']:.2f} GiB" if r["peak_device_gib"] is not None else ""
+    return f"RSS {r['peak_rss_gib']:.2f} GiB{device}"
+
+
+def _row(name: str, impl: str, ours: dict, ref: dict, args: argparse.Namespace) -> str:
+    """One table row: tokens/s of both, their ratio, FLOP utilization, first calls, cosine gap."""
+    import numpy as np
+
+    from embeddinggemma.config import ModelConfig
+    from embeddinggemma.flops import forward_flops
+
+    cfg = ModelConfig.from_checkpoint_dir(args.checkpoint)
+    flops = sum(sum(forward_flops(cfg, n)) for n in ours["lengths"])
+    rate = lambda r: sum(r["lengths"]) / r["steady_s"]  # noqa: E731
+    mfu = lambda r: f" | {flops / r['steady_s'] / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""  # noqa: E731
+    cos = np.abs(np.sum(ours["emb"].astype(np.float32) * ref["emb"].astype(np.float32), axis=-1) - 1).max()
+    count, lo, hi = WORKLOADS[name]
+    return (
+        f"| {name}: {count * args.scale} x {lo}-{hi} tok ({sum(ours['lengths'])} tok) | {impl} | "
+        f"{rate(ours):,.0f} | {rate(ref):,.0f} | {rate(ours) / rate(ref):.2f}x{mfu(ours)}{mfu(ref)} | "
+        f"{ours['first_s']:.1f} | {ref['first_s']:.1f} | {cos:.1e} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=os.environ.get("EMBEDDINGGEMMA_CHECKPOINT"))
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--attention", default="auto")
+    p.add_argument("--attention", default="auto", help="our attention backend(s), comma-separated: a row each")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scale", type=int, default=1, help="multiply every workload's document count")
     p.add_argument("--short-batch", type=int, default=32)
     p.add_argument("--long-batch", type=int, default=4)
+    p.add_argument("--peak-tflops", type=float, help="the device's dense peak for --dtype: prints FLOP utilization")
     p.add_argument("--only", choices=["short", "long"], help="run one workload")
     args = p.parse_args(argv)
     if not args.checkpoint:
         p.error("pass --checkpoint or set EMBEDDINGGEMMA_CHECKPOINT")
     args.batch_size = {"short": args.short_batch, "long": args.long_batch}
-    texts = make_texts(args.checkpoint)
+    texts = make_texts(args.checkpoint, args.scale)
     if args.only:
         texts = {args.only: texts[args.only]}
+
     ctx = mp.get_context("spawn")
-    res = {}
-    for framework in ("jax", "torch"):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(framework, args, texts, queue))
-        proc.start()
-        res[framework] = queue.get()
-        proc.join()
-
-    import numpy as np
-
-    print(f"dtype {args.dtype}, {args.threads} threads, attention={args.attention}, {os.cpu_count()} CPUs")
-    print("| workload | ours tok/s | ST tok/s | ratio | ours first call s | ST first call s | max cos diff |")
-    print("|---|---|---|---|---|---|---|")
-    for name in texts:
-        ours, ref = res["jax"][name], res["torch"][name]
-        cos = np.abs(np.sum(ours["emb"] * ref["emb"], axis=-1) - 1).max()
-        rate = lambda r: r["tokens"] / r["steady_s"]  # noqa: E731
-        count, lo, hi = WORKLOADS[name]
-        print(
-            f"| {name}: {count} x {lo}-{hi} tok ({ours['tokens']} tok) | {rate(ours):,.0f} | {rate(ref):,.0f} | "
-            f"{rate(ours) / rate(ref):.2f}x | {ours['first_s']:.1f} | {ref['first_s']:.1f} | {cos:.1e} |"
-        )
-    peak = {k: f"{v['peak_rss_gib']:.2f} GiB" for k, v in res.items()}
-    print(f"peak RSS (whole process): ours {peak['jax']}, sentence-transformers {peak['torch']}")
+    print(f"device {args.device}, dtype {args.dtype}, {args.threads} threads, {os.cpu_count()} CPUs", flush=True)
+    ref = _child(ctx, "torch", None, args, texts)
+    if "error" in ref:
+        print(f"sentence-transformers failed:\n{ref['error']}")
+        return 1
+    print(f"sentence-transformers peak: {_peaks(ref)}", flush=True)
+    mfu = " | ours MFU | ST MFU" if args.peak_tflops else ""
+    rows = [f"| workload | attention | ours tok/s | ST tok/s | ratio{mfu} | ours first s | ST first s | max cos diff |"]
+    rows.append("|---" * (rows[0].count("|") - 1) + "|")
+    for impl in args.attention.split(","):
+        ours = _child(ctx, "jax", impl, args, texts)
+        if "error" in ours:
+            print(f"ours with attention={impl} failed:\n{ours['error']}", flush=True)
+            continue
+        print(f"ours (attention={impl}) peak: {_peaks(ours)}", flush=True)
+        for name in texts:
+            rows.append(_row(name, impl, ours[name], ref[name], args))
+            print(rows[-1], flush=True)
+    print("\n".join(rows))
     return 0
 
 
