@@ -15,12 +15,14 @@ Backends (`impl`):
                T * radius. Global layers go one tile of 256 queries at a time ("tiled"), so a tile's
                logits stay in cache. Plain XLA: the CPU default, also runs on TPU/GPU.
 * "dot_product" - jax.nn.dot_product_attention with `local_window_size`; cuDNN for global layers on GPU
-               in bfloat16 (cuDNN refuses a bidirectional window), XLA otherwise. The GPU default.
+               in bfloat16 (cuDNN refuses a bidirectional window), XLA otherwise. The GPU default for
+               global layers.
 * "splash"   - Pallas splash attention (TPU): LocalMask(radius, radius) for sliding layers so masked-out
                key blocks are never loaded or computed, FullMask for global layers, padding as segment
                ids. Inside shard_map over the batch axes of the mesh set by `jax.set_mesh`. The TPU default.
 * "splash_interpret" - the same kernel run by the Pallas interpreter, for checking it on CPU.
-* "auto"     - by platform: tpu -> splash, gpu -> dot_product, otherwise blocked.
+* "auto"     - by platform: tpu -> splash; gpu -> blocked for sliding layers, dot_product (cuDNN) for
+               global ones; otherwise blocked.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def attention(
 ) -> jax.Array:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")
-    impl = resolve(impl)
+    impl = resolve(impl, radius)
     if impl == "dense":
         return dense_attention(q, k, v, valid, radius=radius, scale=scale)
     if impl == "blocked":
@@ -54,11 +56,15 @@ def attention(
     return splash_attention(q, k, v, valid, radius=radius, scale=scale, interpret=impl == "splash_interpret")
 
 
-def resolve(impl: str) -> str:
-    """ "auto" -> the backend for the platform being traced for."""
+def resolve(impl: str, radius: int | None) -> str:
+    """ "auto" -> the backend for the platform being traced for and the layer's kind. On GPU, sliding
+    layers go blocked (XLA would compute the whole masked square; on an H200 at 256 x ~1750 tokens bf16
+    blocked was 5% faster end to end with half the memory) and global layers go to cuDNN."""
     if impl != "auto":
         return impl
-    return {"tpu": "splash", "gpu": "dot_product"}.get(jax.default_backend(), "blocked")
+    if jax.default_backend() == "gpu":
+        return "blocked" if radius is not None else "dot_product"
+    return {"tpu": "splash"}.get(jax.default_backend(), "blocked")
 
 
 def dense_attention(

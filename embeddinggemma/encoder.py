@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -236,11 +235,22 @@ class EmbeddingGemma:
         if ids:
             show = len(ids) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
             with tqdm(total=len(ids), desc="encode", unit="text", disable=not show) as bar:
-                for idx in self._batches([len(x) for x in ids], batch_size):
-                    out[idx] = self.embed_ids([ids[i] for i in idx])
+
+                def collect(idx: np.ndarray, emb: jax.Array) -> None:
+                    out[idx] = self._collect(emb, len(idx))
                     bar.update(len(idx))
                     if on_batch is not None:
                         on_batch(idx)
+
+                # One batch in flight: the next batch is padded, sent and queued while the device still
+                # computes this one (dispatch is asynchronous), so the accelerator never waits on the host.
+                pending = None
+                for idx in self._batches([len(x) for x in ids], batch_size):
+                    launched = idx, self._dispatch([ids[i] for i in idx])
+                    if pending is not None:
+                        collect(*pending)
+                    pending = launched
+                collect(*pending)
         if dim < out.shape[1]:
             out = out[:, :dim]
             out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
@@ -281,21 +291,26 @@ class EmbeddingGemma:
 
     def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
         """Embed pre-tokenized sequences (with <bos>/<eos>), one padded batch."""
+        return self._collect(self._dispatch(ids), len(ids))
+
+    def _dispatch(self, ids: list[list[int]]) -> jax.Array:
+        """Pad one batch, place it and start the forward pass; returns without waiting for the result."""
         tokens, valid = self.pad_batch(ids)
         if tokens.shape not in self._compiled_shapes:
             logger.debug("compiling encode for batch %d x %d tokens", *tokens.shape)
             self._compiled_shapes.add(tokens.shape)
-        t0 = time.perf_counter()
         if self.mesh is None:
-            emb = self._forward(self.params, tokens, valid)
-        else:  # every host holds the same batch and places only its own devices' rows
-            split = sharding.batch_sharding(self.mesh)
-            tokens, valid = (jax.make_array_from_callback(x.shape, split, lambda i, x=x: x[i]) for x in (tokens, valid))
-            with jax.set_mesh(self.mesh):
-                emb = self._forward(self.params, tokens, valid)
-        emb = np.asarray(jax.device_get(emb))
-        logger.debug("batch %s in %.3fs", tokens.shape, time.perf_counter() - t0)
-        result = emb[: len(ids)]
+            return self._forward(self.params, tokens, valid)
+        # every host holds the same batch and places only its own devices' rows
+        split = sharding.batch_sharding(self.mesh)
+        tokens, valid = (jax.make_array_from_callback(x.shape, split, lambda i, x=x: x[i]) for x in (tokens, valid))
+        with jax.set_mesh(self.mesh):
+            return self._forward(self.params, tokens, valid)
+
+    @staticmethod
+    def _collect(emb: jax.Array, n: int) -> np.ndarray:
+        """The first n rows of a dispatched batch on the host (waits for it); refuses NaN/inf."""
+        result = np.asarray(jax.device_get(emb))[:n]
         if not np.isfinite(result).all():
             raise FloatingPointError("non-finite embedding produced; this is a bug, please report it")
         return result
