@@ -23,6 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from embeddinggemma import checkpoint, sharding
+from embeddinggemma.compile_options import compiler_options
 from embeddinggemma.config import ModelConfig, check_dtype
 from embeddinggemma.model import EmbeddingGemmaModule
 from embeddinggemma.tokenizer import Tokenizer
@@ -77,7 +78,12 @@ class EmbeddingGemma:
         graphdef = self.graphdef
         # On a mesh the embeddings come back replicated, so every host can read all of them.
         out = sharding.replicated(mesh) if mesh is not None else None
-        self._forward = jax.jit(lambda params, ids, valid: nnx.merge(graphdef, params)(ids, valid), out_shardings=out)
+        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+        self._forward = jax.jit(
+            lambda params, ids, valid: nnx.merge(graphdef, params)(ids, valid),
+            out_shardings=out,
+            compiler_options=compiler_options(platform, module.dtype),
+        )
 
     @classmethod
     def from_pretrained(

@@ -131,3 +131,25 @@ def test_all_padding_rows_stay_finite(tiny_model: EmbeddingGemma):
     out = np.asarray(tiny_model._forward(tiny_model.params, tokens, valid))
     assert np.isfinite(out).all()
     np.testing.assert_array_equal(out[3], 0.0)
+
+
+def test_float32_cpu_forward_compiles_without_ynnpack(tiny_model: EmbeddingGemma):
+    """compiler_options turns XLA:CPU's YNNPACK dot fusions off for float32 (Eigen's GEMM is faster there)
+    and leaves every other platform and dtype on XLA's defaults; the encoder's jit really gets them."""
+    import jax
+    import jax.numpy as jnp
+
+    from embeddinggemma.compile_options import compiler_options
+
+    assert compiler_options("tpu", "float32") is None and compiler_options("gpu", "float32") is None
+    assert compiler_options("cpu", "bfloat16") is None
+    options = compiler_options("cpu", "float32")
+    if options is None:
+        pytest.skip("this XLA has no YNNPACK fusion option")
+    x = jnp.ones((64, 64), jnp.float32)
+    hlo = lambda o: jax.jit(lambda a: a @ a, compiler_options=o).lower(x).compile().as_text()  # noqa: E731
+    assert "__ynn_fusion" in hlo(None)  # XLA's default sends the dot to YNNPACK ...
+    assert "__ynn_fusion" not in hlo(options)  # ... and the option keeps it on XLA's own GEMM
+    tokens, valid = tiny_model.pad_batch([[2, 5, 1], [2, 1]])
+    assert tiny_model.dtype == "float32"
+    assert "__ynn_fusion" not in tiny_model._forward.lower(tiny_model.params, tokens, valid).compile().as_text()

@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from embeddinggemma import sharding
+from embeddinggemma.compile_options import compiler_options
 from embeddinggemma.config import ModelConfig, check_dtype
 from embeddinggemma.model import EmbeddingGemmaModule
 from embeddinggemma.train import losses
@@ -248,6 +249,7 @@ def build_train_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.shardin
         in_shardings=(state_shardings, frozen_shardings, batch_shard),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
+        compiler_options=compiler_options(mesh.devices.flat[0].platform, cfg.compute_dtype),
     )
     return TrainStep(fn, mesh, graphdef, tx, abstract_state, frozen, state_shardings, frozen_shardings)
 
