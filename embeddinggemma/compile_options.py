@@ -7,22 +7,23 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# XLA:CPU (jaxlib 0.10) hands dots to YNNPACK by default. Measured on a 2-core AVX-512 AMD EPYC: in
-# float32 XLA's own GEMM (Eigen) is faster, (7680 x 768) @ (768 x 1152) 176 vs 137 GFLOP/s and one
-# encoder block at 4 x 1920 tokens 655 -> ~530 ms; in bfloat16 YNNPACK is faster (239 vs 152 GFLOP/s).
-_CPU_FLOAT32 = (("xla_cpu_experimental_ynn_fusion_type", ""),)  # "": no YNNPACK fusions
+# XLA:CPU (jaxlib 0.10) hands dots to YNNPACK by default. On a 2-core AVX-512 AMD EPYC
+# (scripts/cpu_matmul_options.py): in float32 XLA's own GEMM (Eigen) is faster, (7680 x 768) @
+# (768 x 1152) 184 vs 150 GFLOP/s, one sliding block at 4 x 1920 tokens 517 vs 644 ms; in bfloat16
+# YNNPACK is much faster (254 vs 160 GFLOP/s; 333 vs 523 ms).
+NO_YNNPACK = (("xla_cpu_experimental_ynn_fusion_type", ""),)  # "": no YNNPACK fusions
 
 
 def compiler_options(platform: str, dtype) -> dict[str, str] | None:
     """Options for `jax.jit(..., compiler_options=...)`: YNNPACK off for float32 compute on CPU, XLA's
     defaults everywhere else, and also where this XLA does not know the option."""
-    if platform != "cpu" or jnp.dtype(dtype) != jnp.float32 or not _accepted(_CPU_FLOAT32):
+    if platform != "cpu" or jnp.dtype(dtype) != jnp.float32 or not accepted(NO_YNNPACK):
         return None
-    return dict(_CPU_FLOAT32)
+    return dict(NO_YNNPACK)
 
 
 @functools.cache
-def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
+def accepted(options: tuple[tuple[str, str], ...]) -> bool:
     """Whether XLA:CPU takes these options (an unknown one fails the compile, not the process)."""
     x = jax.device_put(jnp.zeros((), jnp.float32), jax.devices("cpu")[0])
     try:
