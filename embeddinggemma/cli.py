@@ -105,7 +105,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         "parameters": f"{params:,} ({model.dtype})",
         "devices": f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})",
         "mesh": args.mesh or "none (one device)",
-        "attention": f"{resolve(args.attention)} (requested {args.attention!r})",
+        "attention": f"sliding {resolve(args.attention, cfg.sliding_window_radius)}, global "
+        f"{resolve(args.attention, None)} (requested {args.attention!r})",
     }
     for key, value in rows.items():
         print(f"{key:<11} {value}")
