@@ -295,10 +295,6 @@ class EmbeddingGemma:
             valid[r, : len(x)] = True
         return tokens, valid
 
-    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
-        """Embed pre-tokenized sequences (with <bos>/<eos>), one padded batch."""
-        return self._collect(self._dispatch(ids), len(ids))
-
     def _dispatch(self, ids: list[list[int]]) -> jax.Array:
         """Pad one batch, place it and start the forward pass; returns without waiting for the result."""
         tokens, valid = self.pad_batch(ids)
