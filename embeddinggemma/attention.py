@@ -62,9 +62,12 @@ def resolve(impl: str, radius: int | None) -> str:
     blocked was 5% faster end to end with half the memory) and global layers go to cuDNN."""
     if impl != "auto":
         return impl
-    if jax.default_backend() == "gpu":
-        return "blocked" if radius is not None else "dot_product"
-    return {"tpu": "splash"}.get(jax.default_backend(), "blocked")
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "splash"
+    if backend == "gpu" and radius is None:
+        return "dot_product"
+    return "blocked"
 
 
 def dense_attention(
