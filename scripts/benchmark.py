@@ -132,17 +132,13 @@ def _peaks(r: dict) -> str:
     return f"RSS {r['peak_rss_gib']:.2f} GiB{device}"
 
 
-def _row(name: str, impl: str, ours: dict, ref: dict, args: argparse.Namespace) -> str:
-    """One table row: tokens/s of both, their ratio, FLOP utilization, first calls, cosine gap."""
+def _row(name: str, impl: str, ours: dict, ref: dict, args: argparse.Namespace, flops: float | None) -> str:
+    """One table row: tokens/s of both, their ratio, FLOP utilization (given the workload's `flops`),
+    first calls, cosine gap."""
     import numpy as np
 
-    from embeddinggemma.config import ModelConfig
-    from embeddinggemma.flops import forward_flops
-
-    cfg = ModelConfig.from_checkpoint_dir(args.checkpoint)
-    flops = sum(sum(forward_flops(cfg, n)) for n in ours["lengths"])
     rate = lambda r: sum(r["lengths"]) / r["steady_s"]  # noqa: E731
-    mfu = lambda r: f" | {flops / r['steady_s'] / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""  # noqa: E731
+    mfu = lambda r: f" | {flops / r['steady_s'] / (args.peak_tflops * 1e12):.1%}" if flops else ""  # noqa: E731
     cos = np.abs(np.sum(ours["emb"].astype(np.float32) * ref["emb"].astype(np.float32), axis=-1) - 1).max()
     count, lo, hi = WORKLOADS[name]
     return (
@@ -172,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     texts = make_texts(args.checkpoint, args.scale)
     if args.only:
         texts = {args.only: texts[args.only]}
+    from embeddinggemma.config import ModelConfig
+    from embeddinggemma.flops import forward_flops
+
+    cfg = ModelConfig.from_checkpoint_dir(args.checkpoint)
 
     ctx = mp.get_context("spawn")
     print(f"device {args.device}, dtype {args.dtype}, {args.threads} threads, {os.cpu_count()} CPUs", flush=True)
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"ours (attention={impl}) peak: {_peaks(ours)}", flush=True)
         for name in texts:
-            rows.append(_row(name, impl, ours[name], ref[name], args))
+            flops = sum(sum(forward_flops(cfg, n)) for n in ours[name]["lengths"]) if args.peak_tflops else None
+            rows.append(_row(name, impl, ours[name], ref[name], args, flops))
             print(rows[-1], flush=True)
     print("\n".join(rows))
     return 0
