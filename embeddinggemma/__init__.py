@@ -1,4 +1,30 @@
-"""EmbeddingGemma-300m in JAX / Flax NNX."""
+"""EmbeddingGemma-300m in JAX / Flax NNX.
+
+Modules, by concern:
+  encoder          EmbeddingGemma, the user API (from_pretrained, encode*, similarity, save_pretrained), and
+                   build_encode_step, the one compiled encode program
+  model            the NNX modules: RMSNorm, RoPE, Attention, MLP, Block, EmbeddingGemmaModule
+  attention        attention backends behind one function: dense, blocked, dot_product, splash
+  config           ModelConfig: read from a checkpoint directory, the 300m preset; refuses what we don't implement
+  tokenizer        SentencePiece with <bos> ... <eos> framing and truncation
+  batching         length buckets, padded row counts, padding (encoding and training)
+  vectors          host-side embedding math: L2 normalization, Matryoshka truncation, cosine, top-k
+  sharding         device meshes, logical-axis rules, parameter / batch / activation shardings, multi-host input
+  checkpoint/      load / save / convert; hf (sentence-transformers directory, the key table), native (orbax),
+                   hub (local directory or Hub id)
+  files            atomic files and directories; output paths checked against inputs before work starts
+  corpus           text / JSONL input, resumable sharded encoding to .npy, top-k search
+  compile_options  XLA compiler options per platform and dtype (and a CPU timing check)
+  flops            analytic forward FLOPs (AOT ratio, benchmark MFU)
+  aot              compile encode / train steps for TPU topologies without a TPU: memory and FLOPs per chip
+  benchmark        this encoder vs sentence-transformers, both in one run
+  parity           this encoder vs sentence-transformers on a fixed corpus (and that corpus)
+  cli              the `embeddinggemma` command
+  train/           fine-tuning: config, data, losses, step (GradCache), loop, evaluate, checkpointing,
+                   code_search_data (a retrieval set built from Python sources)
+  data/            the bundled demo corpus
+  configs          the bundled training configs (the repository's configs/)
+"""
 
 from embeddinggemma.config import CheckpointError, ModelConfig
 from embeddinggemma.encoder import EmbeddingGemma

@@ -29,34 +29,49 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from embeddinggemma.sharding import BATCH_AXES
+
+AttentionImpl = Literal["auto", "dense", "blocked", "dot_product", "splash", "splash_interpret"]
+IMPLEMENTATIONS: tuple[AttentionImpl, ...] = get_args(AttentionImpl)
 MASK_VALUE = -1e30  # finite: softmax over an all-masked row is uniform, not NaN
-IMPLEMENTATIONS = ("auto", "dense", "blocked", "dot_product", "splash", "splash_interpret")
-BATCH_AXES = ("data", "fsdp")  # the mesh axes that split the batch (see embeddinggemma.sharding)
 SPLASH_ALIGN = 128  # splash with segment ids needs sequence blocks that are multiples of 128
+# Splash tile sizes (queries = keys per tile). Sliding layers: small tiles hug the band, ~5 x 128 = 640 keys
+# read per query for the 2 * 256 + 1 it needs. Global layers: larger tiles for fewer grid steps.
+SPLASH_BLOCK_SLIDING = 128
+SPLASH_BLOCK_GLOBAL = 512
 
 
 def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *, radius: int | None, scale: float, impl: str
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    *,
+    radius: int | None,
+    scale: float,
+    impl: AttentionImpl,
 ) -> jax.Array:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")
-    impl = resolve(impl, radius)
-    if impl == "dense":
-        return dense_attention(q, k, v, valid, radius=radius, scale=scale)
-    if impl == "blocked":
-        return blocked_attention(q, k, v, valid, radius=radius, scale=scale)
-    if impl == "dot_product":
-        return dot_product_attention(q, k, v, valid, radius=radius, scale=scale)
-    return splash_attention(q, k, v, valid, radius=radius, scale=scale, interpret=impl == "splash_interpret")
+    backend = backend_for(impl, radius)
+    with jax.named_scope(f"{backend}_attention"):
+        if backend == "dense":
+            return dense_attention(q, k, v, valid, radius=radius, scale=scale)
+        if backend == "blocked":
+            return blocked_attention(q, k, v, valid, radius=radius, scale=scale)
+        if backend == "dot_product":
+            return dot_product_attention(q, k, v, valid, radius=radius, scale=scale)
+        return splash_attention(q, k, v, valid, radius=radius, scale=scale, interpret=backend == "splash_interpret")
 
 
-def resolve(impl: str, radius: int | None) -> str:
+def backend_for(impl: AttentionImpl, radius: int | None) -> AttentionImpl:
     """ "auto" -> the backend for the platform being traced for and the layer's kind. On GPU, sliding
     layers go blocked (XLA would compute the whole masked square; on an H200 at 256 x ~1750 tokens bf16
     blocked was 5% faster end to end with half the memory) and global layers go to cuDNN."""
@@ -109,12 +124,12 @@ def blocked_attention(
         return dense_attention(q, k, v, valid, radius=radius, scale=scale)
     kv = k.shape[2]
     nb = -(-t // c)
-    tp = nb * c
+    t_padded = nb * c
     pad = lambda x, lo, hi: jnp.pad(x, ((0, 0), (lo, hi)) + ((0, 0),) * (x.ndim - 2))  # noqa: E731
-    qb = pad(q, 0, tp - t).reshape(b, nb, c, kv, n // kv, h)
+    qb = pad(q, 0, t_padded - t).reshape(b, nb, c, kv, n // kv, h)
 
     def windows(x: jax.Array) -> jax.Array:  # (B, T, ...) -> (B, nb, (2m+1)C, ...)
-        xb = pad(x, m * c, tp - t + m * c).reshape(b, nb + 2 * m, c, *x.shape[2:])
+        xb = pad(x, m * c, t_padded - t + m * c).reshape(b, nb + 2 * m, c, *x.shape[2:])
         stacked = jnp.stack([xb[:, j : j + nb] for j in range(2 * m + 1)], axis=2)
         return stacked.reshape(b, nb, width, *x.shape[2:])
 
@@ -130,7 +145,7 @@ def blocked_attention(
     e = jnp.exp(logits - logits.max(axis=-2, keepdims=True))
     out = jnp.einsum("bnkgwc,bnwkh->bnckgh", e.astype(v.dtype), vw, preferred_element_type=jnp.float32)
     denominator = jnp.moveaxis(e.sum(axis=-2), -1, 2)[..., None]  # (B, nb, K, G, C) -> (B, nb, C, K, G, 1)
-    return (out / denominator).astype(v.dtype).reshape(b, tp, n, h)[:, :t]
+    return (out / denominator).astype(v.dtype).reshape(b, t_padded, n, h)[:, :t]
 
 
 QUERY_TILE = 256  # global layers on CPU: (256 x 3 heads) x T float32 logits fit in L2/L3 up to T ~ 2048
@@ -194,9 +209,9 @@ def _splash_kernel(t: int, num_heads: int, radius: int | None, interpret: bool):
 
     with jax.ensure_compile_time_eval():
         if radius is None:
-            mask, block = sa.FullMask((t, t)), min(512, t)
-        else:  # small blocks hug the band: 128-blocks read ~5 x 128 = 640 keys for 2 * 256 + 1 useful
-            mask, block = sa.LocalMask((t, t), window_size=(radius, radius), offset=0), min(128, t)
+            mask, block = sa.FullMask((t, t)), min(SPLASH_BLOCK_GLOBAL, t)
+        else:
+            mask, block = sa.LocalMask((t, t), window_size=(radius, radius), offset=0), min(SPLASH_BLOCK_SLIDING, t)
         sizes = sa.BlockSizes(
             block_q=block,
             block_kv=block,
@@ -227,20 +242,20 @@ def splash_attention(
 
     _, t, n, h = q.shape
     kv = k.shape[2]
-    tp = -(-t // SPLASH_ALIGN) * SPLASH_ALIGN
-    if tp != t:  # padded tokens are invalid: they form their own segment and are sliced off
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, tp - t)) + ((0, 0),) * (x.ndim - 2))  # noqa: E731
+    t_padded = -(-t // SPLASH_ALIGN) * SPLASH_ALIGN
+    if t_padded != t:  # padded tokens are invalid: they form their own segment and are sliced off
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, t_padded - t)) + ((0, 0),) * (x.ndim - 2))  # noqa: E731
         q, k, v, valid = pad(q), pad(k), pad(v), pad(valid)
-    kernel = _splash_kernel(tp, n // kv, radius, interpret)
+    kernel = _splash_kernel(t_padded, n // kv, radius, interpret)
 
     def local(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:
         seg = valid.astype(jnp.int32)  # real tokens segment 1, padding segment 0
         segments = sa.SegmentIds(q=seg, kv=seg)
-        qh = (q * jnp.asarray(scale, q.dtype)).reshape(q.shape[0], tp, kv, n // kv, h)
+        qh = (q * jnp.asarray(scale, q.dtype)).reshape(q.shape[0], t_padded, kv, n // kv, h)
         heads = [
             jax.vmap(kernel)(jnp.moveaxis(qh[:, :, i], 1, 2), k[:, :, i], v[:, :, i], segments) for i in range(kv)
         ]  # each (B, N/K, T, H)
-        return jnp.moveaxis(jnp.stack(heads, axis=1), 3, 1).reshape(q.shape[0], tp, n, h)
+        return jnp.moveaxis(jnp.stack(heads, axis=1), 3, 1).reshape(q.shape[0], t_padded, n, h)
 
     mesh = jax.sharding.get_abstract_mesh()
     axes = tuple(a for a in BATCH_AXES if not mesh.empty and a in mesh.axis_names)

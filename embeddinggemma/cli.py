@@ -1,42 +1,74 @@
-"""The `embeddinggemma` command line: convert, encode, search, similarity, info, train, aot.
+"""The `embeddinggemma` command line: encode, search, similarity, info, convert, train, aot, benchmark, parity.
 
 Every command takes the checkpoint from --model (default: $EMBEDDINGGEMMA_CHECKPOINT, else the Hub id
 google/embeddinggemma-300m). Bad input ends the command with exit status 1 and one line on stderr, never a
-traceback; usage errors exit with status 2 (argparse's convention).
+traceback (EMBEDDINGGEMMA_DEBUG=1 shows it); usage errors exit with status 2 (argparse's convention).
+Commands that run the model keep JAX's compiled programs in a persistent cache, so a second run does not
+compile again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from embeddinggemma import corpus
+from embeddinggemma import aot, benchmark, corpus, parity
+from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.encoder import EmbeddingGemma
 
-HUB_ID = "google/embeddinggemma-300m"
 PROG = "embeddinggemma"
+# A failure the user can cause (a bad file, option or value, a missing optional dependency, a diverged run).
+USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+PREEMPTED = 143  # `train` after SIGTERM, once its checkpoint is saved: rerun with --resume
 
 
 def default_model() -> str:
-    return os.environ.get("EMBEDDINGGEMMA_CHECKPOINT") or HUB_ID
+    return os.environ.get("EMBEDDINGGEMMA_CHECKPOINT") or DEFAULT_MODEL
+
+
+def default_cache_dir() -> Path:
+    """$EMBEDDINGGEMMA_COMPILATION_CACHE, else embeddinggemma/jax under the user's cache directory."""
+    if os.environ.get("EMBEDDINGGEMMA_COMPILATION_CACHE"):
+        return Path(os.environ["EMBEDDINGGEMMA_COMPILATION_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embeddinggemma" / "jax"
+
+
+def enable_compilation_cache(directory: Path) -> None:
+    """JAX's persistent compilation cache in `directory`: every compiled program is written there and a
+    later process with the same program, jax version and devices loads it instead of compiling."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # ---------------------------------------------------------------------------------------------- commands
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from embeddinggemma.checkpoint import convert, is_native
+    from embeddinggemma.checkpoint import convert
 
-    direction = "native -> sentence-transformers" if is_native(args.src) else "sentence-transformers -> native"
-    print(f"{convert(args.src, args.dst)}  ({direction})")
+    source = convert(args.src, args.dst)
+    target = "native" if source.format == "sentence-transformers" else "sentence-transformers"
+    print(f"{args.dst}  ({source.format} -> {target})")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    job = corpus.EncodeJob.prepare(args.input, args.output, text_field=args.text_field, shard_size=args.shard_size)
+    job = corpus.EncodeJob.prepare(
+        args.input,
+        args.output,
+        ids_out=args.ids_output,
+        text_field=args.text_field,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
     model = load_model(args)
     emb = job.run(
         model,
@@ -45,7 +77,6 @@ def cmd_encode(args: argparse.Namespace) -> None:
         prompt=args.prompt,
         truncate_dim=args.truncate_dim,
         batch_size=args.batch_size,
-        ids_out=args.ids_output,
         progress=not args.no_progress,
         log=lambda msg: print(msg, file=sys.stderr),
     )
@@ -85,17 +116,16 @@ def cmd_similarity(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     import jax
 
-    from embeddinggemma.attention import resolve
+    from embeddinggemma.attention import backend_for
 
     model = load_model(args)
     cfg = model.config
-    n_full = sum(t == "full_attention" for t in cfg.layer_types)
     params = sum(x.size for x in jax.tree.leaves(model.params))
     devices = jax.devices()
     rows = {
         "model": args.model,
-        "layers": f"{cfg.num_layers} ({n_full} global, {cfg.num_layers - n_full} sliding with radius "
-        f"{cfg.sliding_window_radius})",
+        "layers": f"{cfg.num_layers} ({cfg.num_global_layers} global, {cfg.num_layers - cfg.num_global_layers} "
+        f"sliding with radius {cfg.sliding_window_radius})",
         "hidden": f"{cfg.hidden_size}, MLP {cfg.intermediate_size}, heads {cfg.num_heads} query / "
         f"{cfg.num_kv_heads} key-value x {cfg.head_dim}",
         "vocabulary": cfg.vocab_size,
@@ -105,26 +135,25 @@ def cmd_info(args: argparse.Namespace) -> None:
         "parameters": f"{params:,} ({model.dtype})",
         "devices": f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})",
         "mesh": args.mesh or "none (one device)",
-        "attention": f"sliding {resolve(args.attention, cfg.sliding_window_radius)}, global "
-        f"{resolve(args.attention, None)} (requested {args.attention!r})",
+        "attention": f"sliding {backend_for(args.attention, cfg.sliding_window_radius)}, global "
+        f"{backend_for(args.attention, None)} (requested {args.attention!r})",
     }
     for key, value in rows.items():
         print(f"{key:<11} {value}")
 
 
-def cmd_script(script: str) -> Callable[[argparse.Namespace], None]:
-    """A command that runs scripts/<script> of the source tree with the command's other arguments."""
+def cmd_train(args: argparse.Namespace) -> int:
+    from embeddinggemma.train import TrainConfig, train
 
-    def run(args: argparse.Namespace) -> None:
-        import runpy
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig.from_file(args.config, **dict(args.set))
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+    return PREEMPTED if result["status"] == "preempted" else 0
 
-        path = Path(__file__).resolve().parent.parent / "scripts" / script
-        if not path.is_file():
-            raise corpus.InputError(f"{path} not found: this command needs a source checkout of embeddinggemma-jax")
-        sys.argv = [str(path), *args.rest]
-        runpy.run_path(str(path), run_name="__main__")
 
-    return run
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    return benchmark.run(args)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -152,10 +181,21 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _override(item: str) -> tuple[str, object]:
+    """--set KEY=VALUE: VALUE is JSON (numbers, true, null, lists), else a bare string."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
-def _add_model_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
+def _add_model_option(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -164,11 +204,28 @@ def _add_model_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
         help="checkpoint: HF/sentence-transformers directory, native checkpoint, or Hub id "
         "(default: $EMBEDDINGGEMMA_CHECKPOINT, else %(default)s)",
     )
+    return g
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
+    g = _add_model_option(p)
     g.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16; float16 overflows this model")
     g.add_argument("--mesh", help="device mesh spec, e.g. data=8 (default: one device)")
     g.add_argument("--attention", default="auto", help="attention backend (default: auto, chosen by platform)")
     if batch:
         g.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass (default: 32)")
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compilation cache")
+    g.add_argument(
+        "--compilation-cache",
+        type=Path,
+        default=default_cache_dir(),
+        metavar="DIR",
+        help="JAX's persistent compilation cache (default: $EMBEDDINGGEMMA_COMPILATION_CACHE, else %(default)s)",
+    )
+    g.add_argument("--no-compilation-cache", action="store_true", help="compile everything afresh, store nothing")
 
 
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -181,12 +238,11 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _subparser(
-    sub: argparse._SubParsersAction, name: str, summary: str, example: str, note: str = "", add_help: bool = True
+    sub: argparse._SubParsersAction, name: str, summary: str, example: str, note: str = ""
 ) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
         help=summary,
-        add_help=add_help,
         description=f"{summary} {note}\n\nexample:\n{textwrap.indent(example.strip(), '  ')}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -202,16 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(
         sub,
-        "convert",
-        "Convert a sentence-transformers directory or Hub id to a native checkpoint, or back.",
-        "embeddinggemma convert google/embeddinggemma-300m ckpt/native\nembeddinggemma convert ckpt/native ckpt/st",
-    )
-    p.add_argument("src", help="HF/ST directory, Hub id, or native checkpoint (the direction follows it)")
-    p.add_argument("dst", help="output directory; must not exist (written atomically)")
-    p.set_defaults(func=cmd_convert)
-
-    p = _subparser(
-        sub,
         "encode",
         "Embed a text file (one text a line) or JSONL (a text field) into a .npy, in resumable shards.",
         "embeddinggemma encode --input docs.jsonl --output docs.npy --prompt-name document --ids-output docs.ids.jsonl",
@@ -220,11 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", required=True, help="a .txt file (one text a line) or .jsonl file")
     p.add_argument("--output", "-o", required=True, help="the .npy to write (float32, one row per text)")
     p.add_argument("--ids-output", help="also write a JSONL with each row's id (JSONL id field, else line number)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output / --ids-output if they exist")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("--shard-size", type=_positive_int, default=2048, help="texts per resumable shard (default: 2048)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_prompt_args(p)
     _add_model_args(p)
+    _add_cache_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = _subparser(
@@ -245,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("-k", type=_positive_int, default=10, help="results per query (default: 10)")
     _add_model_args(p)
+    _add_cache_args(p)
     p.set_defaults(func=cmd_search)
 
     p = _subparser(
@@ -257,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", nargs="+", metavar="TEXT", help="the second list (table columns; default: the first)")
     _add_prompt_args(p)
     _add_model_args(p, batch=False)
+    _add_cache_args(p)
     p.set_defaults(func=cmd_similarity)
 
     p = _subparser(
@@ -266,43 +316,96 @@ def build_parser() -> argparse.ArgumentParser:
         "embeddinggemma info --model ~/models/embeddinggemma-300m",
     )
     _add_model_args(p, batch=False)
+    _add_cache_args(p)
     p.set_defaults(func=cmd_info)
 
-    # Pass-through commands: every argument, --help included, goes to the script's own parser.
-    for name, script, summary, example in (
-        (
-            "train",
-            "train.py",
-            "Fine-tune with the contrastive Matryoshka loss (scripts/train.py).",
-            "embeddinggemma train --config configs/train_tiny.json --set steps=100",
-        ),
-        (
-            "aot",
-            "aot_compile.py",
-            "Compile encode and train steps for a TPU slice without a TPU (scripts/aot_compile.py).",
-            "embeddinggemma aot --topology v5e:2x4",
-        ),
-    ):
-        p = _subparser(sub, name, summary, example, f"`{PROG} {name} --help` lists its options.", add_help=False)
-        p.set_defaults(func=cmd_script(script), passthrough=True)
+    p = _subparser(
+        sub,
+        "convert",
+        "Convert a sentence-transformers directory or Hub id to a native checkpoint, or back.",
+        "embeddinggemma convert google/embeddinggemma-300m ckpt/native\nembeddinggemma convert ckpt/native ckpt/st",
+    )
+    p.add_argument("src", help="HF/ST directory, Hub id, or native checkpoint (the direction follows it)")
+    p.add_argument("dst", help="output directory; must not exist (written atomically)")
+    p.set_defaults(func=cmd_convert)
+
+    p = _subparser(
+        sub,
+        "train",
+        "Fine-tune with the contrastive Matryoshka loss.",
+        "embeddinggemma train --config train_v5e-8 --set model=~/models/embeddinggemma-300m "
+        "--set train_file=data/train.jsonl",
+        f"Exit status {PREEMPTED} after SIGTERM (a checkpoint is saved): rerun with --resume.",
+    )
+    p.add_argument("--config", required=True, help="a JSON TrainConfig file, or a bundled one: train_tiny, ...")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir (and its export)")
+    p.add_argument(
+        "--set",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (JSON value), e.g. --set steps=100 --set output_dir=runs/x",
+    )
+    _add_cache_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = _subparser(
+        sub,
+        "aot",
+        "Compile the encode and train steps for a TPU slice without a TPU and report memory and FLOPs per chip.",
+        "embeddinggemma aot --topology v5e:2x4 --steps encode",
+        "Needs the tpu extra.",
+    )
+    aot.add_arguments(p)
+    p.set_defaults(func=aot.run)
+
+    p = _subparser(
+        sub,
+        "benchmark",
+        "Throughput of this encoder vs sentence-transformers on the same texts, in one run.",
+        "embeddinggemma benchmark --model ~/models/embeddinggemma-300m --dtype bfloat16",
+        "Needs torch and sentence-transformers.",
+    )
+    _add_model_option(p)
+    benchmark.add_arguments(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    p = _subparser(
+        sub,
+        "parity",
+        "Compare this encoder's embeddings with sentence-transformers' on a fixed multilingual corpus.",
+        "embeddinggemma parity --model ~/models/embeddinggemma-300m",
+        "Needs torch and sentence-transformers.",
+    )
+    _add_model_option(p)
+    parity.add_arguments(p)
+    _add_cache_args(p)
+    p.set_defaults(func=parity.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, args.rest = parser.parse_known_args(argv)
-    if args.rest and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(args.rest)}")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "compilation_cache", None) and not args.no_compilation_cache:
+        enable_compilation_cache(args.compilation_cache)
     try:
-        args.func(args)
-    except (ValueError, OSError) as e:  # CheckpointError and corpus.InputError are ValueErrors
+        return args.func(args) or 0
+    except USER_ERRORS as e:
+        if os.environ.get("EMBEDDINGGEMMA_DEBUG"):
+            raise
         print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         resume = "; rerun the same command to resume from the last finished shard" if args.command == "encode" else ""
         print(f"{PROG} {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
-    return 0
+
+
+def run_command(name: str) -> None:
+    """`embeddinggemma NAME ARGS` with this process's arguments (the scripts/ wrappers)."""
+    sys.exit(main([name, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

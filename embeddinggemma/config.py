@@ -12,13 +12,33 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 logger = logging.getLogger(__name__)
 
-SLIDING = "sliding_attention"
-FULL = "full_attention"
-SUPPORTED_DTYPES = ("float32", "bfloat16")
+LayerType = Literal["sliding_attention", "full_attention"]
+SLIDING: Final = "sliding_attention"
+FULL: Final = "full_attention"
+DTypeName = Literal["float32", "bfloat16"]
+SUPPORTED_DTYPES: tuple[DTypeName, ...] = get_args(DTypeName)
+
+# config_sentence_transformers.json of google/embeddinggemma-300m.
+PROMPTS_300M = {
+    "query": "task: search result | query: ",
+    "document": "title: none | text: ",
+    "BitextMining": "task: search result | query: ",
+    "Clustering": "task: clustering | query: ",
+    "Classification": "task: classification | query: ",
+    "InstructionRetrieval": "task: code retrieval | query: ",
+    "MultilabelClassification": "task: classification | query: ",
+    "PairClassification": "task: sentence similarity | query: ",
+    "Reranking": "task: search result | query: ",
+    "Retrieval": "task: search result | query: ",
+    "Retrieval-query": "task: search result | query: ",
+    "Retrieval-document": "title: none | text: ",
+    "STS": "task: sentence similarity | query: ",
+    "Summarization": "task: summarization | query: ",
+}
 
 # The sentence-transformers module chain of EmbeddingGemma, in order.
 ST_MODULE_TYPES = (
@@ -54,7 +74,7 @@ class ModelConfig:
     rope_theta_global: float = 1_000_000.0
     rope_theta_local: float = 10_000.0
     sliding_window_radius: int = 256
-    layer_types: tuple[str, ...] = tuple(SLIDING if (i + 1) % 6 else FULL for i in range(24))
+    layer_types: tuple[LayerType, ...] = tuple(SLIDING if (i + 1) % 6 else FULL for i in range(24))
     max_position_embeddings: int = 2048
     # The sentence head: Dense widths after pooling (no bias, identity activation), then L2 norm.
     dense_features: tuple[int, ...] = (3072, 768)
@@ -91,13 +111,15 @@ class ModelConfig:
     def prompt_dict(self) -> dict[str, str]:
         return dict(self.prompts)
 
+    @property
+    def num_global_layers(self) -> int:
+        return self.layer_types.count(FULL)
+
     @classmethod
-    def preset(cls, name: str) -> ModelConfig:
-        """Named presets in the repository's configs/ (the dataclass defaults are embeddinggemma-300m)."""
-        path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.json"
-        if not path.is_file():
-            raise KeyError(f"unknown preset {name!r}: no {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+    def embeddinggemma_300m(cls) -> ModelConfig:
+        """google/embeddinggemma-300m (the dataclass defaults) with its prompts; tests check it against the
+        real checkpoint's files."""
+        return cls(prompts=tuple(PROMPTS_300M.items()))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -158,7 +180,7 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"missing file {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
 
 
@@ -263,8 +285,9 @@ def _check_dense(file: Path, dense: dict[str, Any], in_features: Any) -> None:
         raise CheckpointError(f"{file}: in_features {dense.get('in_features')} != previous width {in_features}")
 
 
-def check_dtype(dtype: str) -> str:
-    """Refuse float16: activations reach ~1e5-1e6 and overflow it (DESIGN: float32 / bfloat16 only)."""
+def check_dtype(dtype: Any) -> DTypeName:
+    """The dtype's name if we support it. float16 is refused: this model's activations reach ~1e5-1e6,
+    beyond float16's range (~6.5e4)."""
     name = str(getattr(dtype, "name", dtype))
     if name in ("float16", "half"):
         raise ValueError(

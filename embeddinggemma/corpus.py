@@ -15,20 +15,20 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from embeddinggemma import vectors
 from embeddinggemma.encoder import EmbeddingGemma
+from embeddinggemma.files import check_outputs, write_atomic
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 MANIFEST = "manifest.json"
@@ -111,20 +111,6 @@ def read_records(path: str | Path, *, text_field: str = "text") -> list[Record]:
     return records
 
 
-def _write_atomic(dest: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file in the same directory, then rename over `dest`."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
@@ -146,15 +132,16 @@ def _check_manifest(work: Path, manifest: dict[str, Any]) -> None:
                 "rerun it with the same input and options to resume, or delete that directory to start over"
             )
     else:
-        _write_atomic(file, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        write_atomic(file, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
 
 
 @dataclass(frozen=True)
 class EncodeJob:
-    """An input validated and an output known to be writable: everything checked before a model loads."""
+    """An input validated and outputs known to be safe to write: everything checked before a model loads."""
 
     src: Path
     out: Path
+    ids_out: Path | None  # one JSON line {"id": ...} per output row, if requested
     work: Path  # OUT.partial: the finished shards and the manifest of the run they belong to
     summary: InputSummary
     text_field: str
@@ -162,23 +149,24 @@ class EncodeJob:
 
     @classmethod
     def prepare(
-        cls, src: str | Path, out: str | Path, *, text_field: str = "text", shard_size: int = 2048
+        cls,
+        src: str | Path,
+        out: str | Path,
+        *,
+        ids_out: str | Path | None = None,
+        text_field: str = "text",
+        shard_size: int = 2048,
+        overwrite: bool = False,
     ) -> EncodeJob:
+        """Validate the input and the outputs: no output may be the input or another output, or exist
+        already (unless `overwrite`), and each must be writable."""
         src, out = Path(src), Path(out)
+        ids_out = Path(ids_out) if ids_out is not None else None
         if not isinstance(shard_size, int) or shard_size < 1:
             raise InputError(f"shard size must be a positive integer, got {shard_size!r}")
         summary = scan(src, text_field=text_field)
-        if out.is_dir():
-            raise InputError(f"{out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
-        work = out.with_name(out.name + ".partial")
-        existed = work.is_dir()
-        try:
-            work.mkdir(parents=True, exist_ok=True)  # in the output's directory: proves it is writable
-        except OSError as e:
-            raise InputError(f"cannot write {out}: {e.strerror or e}") from e
-        if not existed:
-            work.rmdir()  # recreated by `run`; a run that never starts leaves nothing behind
-        return cls(src, out, work, summary, text_field, shard_size)
+        check_outputs({"--output": out, "--ids-output": ids_out}, [src], overwrite=overwrite)
+        return cls(src, out, ids_out, out.with_name(out.name + ".partial"), summary, text_field, shard_size)
 
     def _records(self) -> Iterator[Record]:
         return iter_records(self.src, text_field=self.text_field)
@@ -192,17 +180,15 @@ class EncodeJob:
         prompt: str | None = None,
         truncate_dim: int | None = None,
         batch_size: int = 32,
-        ids_out: str | Path | None = None,
         progress: bool = True,
         log: Callable[[str], None] = print,
     ) -> np.ndarray:
         """Embed every row into `out` (float32, (rows, dim)), resuming finished shards; returns it memory-mapped.
 
         `model_id` names the checkpoint in the resume manifest, so a rerun with another model mixes nothing.
-        `ids_out`, if given, gets one JSON line {"id": ...} per output row.
         """
-        prefix = model.resolve_prompt(prompt_name, prompt)
-        dim = model.encode_ids([], truncate_dim=truncate_dim).shape[1]  # validates truncate_dim before any work
+        prefix = model.prompt_prefix(prompt_name, prompt)
+        dim = model.check_dim(truncate_dim)
         rows, size = self.summary.count, self.shard_size
         manifest = {
             "version": MANIFEST_VERSION,
@@ -242,11 +228,11 @@ class EncodeJob:
                     show_progress_bar=False,
                     on_batch=functools.partial(report, ids),
                 )
-                _write_atomic(_shard_path(self.work, index), lambda f, emb=emb: np.save(f, emb))
-        if ids_out is not None:
+                write_atomic(_shard_path(self.work, index), lambda f, emb=emb: np.save(f, emb))
+        if self.ids_out is not None:
             lines = (json.dumps({"id": r.id}) + "\n" for r in self._records())
-            _write_atomic(Path(ids_out), lambda f: f.writelines(line.encode() for line in lines))
-        _write_atomic(self.out, lambda f: _concatenate(self.work, n_shards, rows, dim, f))
+            write_atomic(self.ids_out, lambda f: f.writelines(line.encode() for line in lines))
+        write_atomic(self.out, lambda f: _concatenate(self.work, n_shards, rows, dim, f))
         shutil.rmtree(self.work)
         return np.load(self.out, mmap_mode="r")
 
@@ -267,7 +253,7 @@ def load_embeddings(path: str | Path, *, rows: int | None = None) -> np.ndarray:
     return emb
 
 
-def _concatenate(work: Path, n_shards: int, rows: int, dim: int, f: Any) -> None:
+def _concatenate(work: Path, n_shards: int, rows: int, dim: int, f: BinaryIO) -> None:
     """Stream the shards into one .npy (header, then rows), checking each shard's shape on the way."""
     np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
     written = 0
@@ -293,10 +279,5 @@ def search(model: EmbeddingGemma, queries: list[str], corpus_emb: np.ndarray, k:
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
     scores = model.similarity(model.encode_query(queries, truncate_dim=width), corpus_emb)
-    k = min(k, scores.shape[1])
-    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    hits = []
-    for row, cand in zip(scores, best, strict=True):
-        cand = cand[np.argsort(-row[cand], kind="stable")]
-        hits.append([(int(i), float(row[i])) for i in cand])
-    return hits
+    best, best_scores = vectors.top_k(scores, k)
+    return [list(zip(map(int, i), map(float, s), strict=True)) for i, s in zip(best, best_scores, strict=True)]

@@ -1,16 +1,12 @@
-"""The user API, shaped like sentence-transformers: `EmbeddingGemma.from_pretrained(...).encode(...)`.
+"""The user API, shaped like sentence-transformers: `EmbeddingGemma.from_pretrained(...).encode(...)`,
+and `build_encode_step`, the one compiled encode program (also what `embeddinggemma.aot` reports on).
 
-Batching: texts are sorted by token length (longest first, like sentence-transformers) and cut into
-batches of at most `batch_size` texts of one length bucket, padded to the bucket length and to a
-power-of-two row count (a multiple of the mesh's data-parallel size); a batch with spare rows is
-topped up with the next, shorter texts, which then cost nothing extra. Buckets are 8 per doubling of
-length (`length_buckets`), so padding wastes at most 1/8 of a batch above 128 tokens, and a model
-compiles a bounded set of shapes whatever the input; each new shape is logged at debug level.
+Texts are tokenized, cut into batches of one length bucket and padded by `embeddinggemma.batching`, and
+each batch runs through the encode step; one batch stays in flight while the next is prepared.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,40 +16,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 from tqdm.auto import tqdm
 
-from embeddinggemma import checkpoint, sharding
+from embeddinggemma import batching, checkpoint, sharding, vectors
+from embeddinggemma.attention import AttentionImpl
 from embeddinggemma.compile_options import compiler_options
-from embeddinggemma.config import ModelConfig, check_dtype
+from embeddinggemma.config import DTypeName, ModelConfig
 from embeddinggemma.model import EmbeddingGemmaModule
 from embeddinggemma.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_MIN_TEXTS = 512  # a progress bar appears by default from this many texts on
-MIN_BUCKET, BUCKET_ALIGN = 32, 16
+
+EncodeStep = Callable[[nnx.State, jax.Array, jax.Array], jax.Array]
 
 
-@functools.cache  # asked once per text when batching
-def length_buckets(max_seq_length: int, per_octave: int = 8) -> tuple[int, ...]:
-    """Padded lengths: `per_octave` evenly spaced lengths per doubling, multiples of 16, from 32 up to
-    max_seq_length (always the last). 8 per octave (encoding) bounds padding by 1/8 above 128 tokens;
-    training uses 2 (32, 48, 64, 96, 128, 192, ...), as each length there is a costly compile."""
-    out, octave = [], MIN_BUCKET
-    while octave < max_seq_length:
-        step = max(octave // per_octave, BUCKET_ALIGN)
-        out += [n for n in range(octave, 2 * octave, step) if n < max_seq_length]
-        octave *= 2
-    return (*out, max_seq_length)
-
-
-def bucket_length(length: int, max_seq_length: int, per_octave: int = 8) -> int:
-    """The padded length of a sequence of `length` tokens: the smallest bucket that holds it."""
-    return next(b for b in length_buckets(max_seq_length, per_octave) if b >= length)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+def build_encode_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None, dtype: DTypeLike) -> EncodeStep:
+    """`(params, ids, valid) -> embeddings` under jax.jit: parameters and batch keep the shardings they
+    arrive with (the batch split over the mesh's batch axes); embeddings come back replicated, so every
+    host can read all of them."""
+    out = sharding.replicated(mesh) if mesh is not None else None
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    return jax.jit(
+        lambda params, ids, valid: nnx.merge(graphdef, params)(ids, valid),
+        out_shardings=out,
+        compiler_options=compiler_options(platform, dtype),
+    )
 
 
 class EmbeddingGemma:
@@ -70,28 +60,20 @@ class EmbeddingGemma:
         self.config: ModelConfig = module.config
         self.tokenizer = tokenizer
         self.metadata_dir = Path(metadata_dir)
-        self.dtype = jnp.dtype(module.dtype).name
+        self.dtype: DTypeName = jnp.dtype(module.dtype).name
         self.graphdef, self.params = nnx.split(module)
         self.mesh = mesh
         self._batch_multiple = sharding.batch_size_multiple(mesh) if mesh is not None else 1
         self._compiled_shapes: set[tuple[int, int]] = set()
-        graphdef = self.graphdef
-        # On a mesh the embeddings come back replicated, so every host can read all of them.
-        out = sharding.replicated(mesh) if mesh is not None else None
-        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-        self._forward = jax.jit(
-            lambda params, ids, valid: nnx.merge(graphdef, params)(ids, valid),
-            out_shardings=out,
-            compiler_options=compiler_options(platform, module.dtype),
-        )
+        self._forward = build_encode_step(self.graphdef, mesh, module.dtype)
 
     @classmethod
     def from_pretrained(
         cls,
         path_or_hub_id: str | Path,
         *,
-        dtype: str = "float32",
-        attention_impl: str = "auto",
+        dtype: DTypeName = "float32",
+        attention_impl: AttentionImpl = "auto",
         mesh: str | jax.sharding.Mesh | None = None,
     ) -> EmbeddingGemma:
         """Load an HF / sentence-transformers directory, a native checkpoint, or a Hub id.
@@ -101,27 +83,13 @@ class EmbeddingGemma:
         shards the model: each tensor is read straight onto its "inference" sharding (no replicated
         copy on one device first) and `encode` splits every batch over the data and fsdp axes.
         """
-        dtype = check_dtype(dtype)
-        root = checkpoint.resolve(path_or_hub_id)
-        native = checkpoint.is_native(root)
-        cfg = checkpoint.read_native_config(root) if native else ModelConfig.from_checkpoint_dir(root)
-        shardings = None
-        if mesh is not None:
-            mesh = sharding.make_mesh(mesh)
-            shardings = sharding.param_shardings(checkpoint.abstract_state(cfg, dtype)[1], mesh, "inference")
-        if native:
-            params = checkpoint.load_native_params(root, cfg, param_dtype=dtype, shardings=shardings)
-            metadata_dir = root / "hf"
-        else:
-            params = checkpoint.load_hf_params(root, cfg, param_dtype=dtype, shardings=shardings)
-            metadata_dir = root
-        module = nnx.eval_shape(
-            lambda: EmbeddingGemmaModule(
-                cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl=attention_impl
-            )
+        mesh = sharding.make_mesh(mesh) if mesh is not None else None
+        ckpt = checkpoint.load(path_or_hub_id, dtype=dtype, mesh=mesh, purpose="inference")
+        module = EmbeddingGemmaModule.abstract(
+            ckpt.config, dtype=dtype, param_dtype=dtype, attention_impl=attention_impl
         )
-        nnx.update(module, params)
-        return cls(module, Tokenizer(metadata_dir / "tokenizer.model", cfg), metadata_dir=metadata_dir, mesh=mesh)
+        nnx.update(module, ckpt.params)
+        return cls(module, Tokenizer(ckpt.tokenizer_file, ckpt.config), metadata_dir=ckpt.metadata_dir, mesh=mesh)
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -145,7 +113,7 @@ class EmbeddingGemma:
         (any 1..768; the model was trained for 768/512/256/128) keeps the first dims and re-normalizes.
         """
         single, items = _as_list(texts)
-        prefix = self.resolve_prompt(prompt_name, prompt)
+        prefix = self.prompt_prefix(prompt_name, prompt)
         emb = self._embed([prefix + t for t in items], truncate_dim, batch_size, show_progress_bar)
         return emb[0] if single else emb
 
@@ -180,14 +148,9 @@ class EmbeddingGemma:
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity: (n, m) for 2-D inputs; a 1-D input counts as one row."""
-        a2, b2 = np.atleast_2d(np.asarray(a, np.float32)), np.atleast_2d(np.asarray(b, np.float32))
-        if a2.shape[-1] != b2.shape[-1]:
-            raise ValueError(f"embedding widths differ: {a2.shape[-1]} vs {b2.shape[-1]}")
-        a2 = a2 / np.maximum(np.linalg.norm(a2, axis=-1, keepdims=True), 1e-12)
-        b2 = b2 / np.maximum(np.linalg.norm(b2, axis=-1, keepdims=True), 1e-12)
-        return a2 @ b2.T
+        return vectors.cosine_similarity(a, b)
 
-    def resolve_prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
+    def prompt_prefix(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
         """The literal prefix `encode` puts before each text (for callers that tokenize themselves)."""
         if prompt is not None and prompt_name is not None:
             raise ValueError("pass either prompt_name or prompt, not both")
@@ -202,7 +165,8 @@ class EmbeddingGemma:
             raise ValueError(f"unknown prompt_name {name!r}; available: {sorted(self.prompts)}")
         return self.prompts[name]
 
-    def _check_dim(self, truncate_dim: int | None) -> int:
+    def check_dim(self, truncate_dim: int | None) -> int:
+        """The output width for `truncate_dim` (None: the full embedding); a clear error when invalid."""
         full = self.config.embedding_dim
         if truncate_dim is None:
             return full
@@ -234,7 +198,7 @@ class EmbeddingGemma:
         `on_batch`, if given, is called with the indices of each batch once it is embedded (for a caller's
         own progress report).
         """
-        dim = self._check_dim(truncate_dim)
+        dim = self.check_dim(truncate_dim)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         out = np.zeros((len(ids), self.config.embedding_dim), np.float32)
@@ -251,49 +215,21 @@ class EmbeddingGemma:
                 # One batch in flight: the next batch is padded, sent and queued while the device still
                 # computes this one (dispatch is asynchronous), so the accelerator never waits on the host.
                 pending = None
-                for idx in self._batches([len(x) for x in ids], batch_size):
+                lengths = [len(x) for x in ids]
+                for idx in batching.plan(lengths, batch_size, self.config.max_seq_length, self._batch_multiple):
                     launched = idx, self._dispatch([ids[i] for i in idx])
                     if pending is not None:
                         collect(*pending)
                     pending = launched
                 collect(*pending)
-        if dim < out.shape[1]:
-            out = out[:, :dim]
-            out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-        return out
-
-    def _bucket(self, length: int) -> int:
-        return bucket_length(length, self.config.max_seq_length)
-
-    def _batches(self, lengths: list[int], batch_size: int) -> list[np.ndarray]:
-        """Indices of each batch: longest first, one length bucket per batch, at most batch_size, then
-        topped up with the next (shorter) texts to the padded row count: those rows were padding."""
-        order = np.argsort([-n for n in lengths], kind="stable")
-        batches, i = [], 0
-        while i < len(order):
-            bucket, j = self._bucket(lengths[order[i]]), i + 1
-            while j < len(order) and j - i < batch_size and self._bucket(lengths[order[j]]) == bucket:
-                j += 1
-            j = min(i + self._rows(j - i), len(order))
-            batches.append(order[i:j])
-            i = j
-        return batches
-
-    def _rows(self, n: int) -> int:
-        """The padded row count of a batch of n texts: a power of two, a multiple of the data-parallel size."""
-        return -(-_next_pow2(n) // self._batch_multiple) * self._batch_multiple
+        return vectors.truncate(out, dim) if dim < out.shape[1] else out
 
     def pad_batch(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Pad to the bucket length and a power-of-two batch size (multiple of the data-parallel size)."""
-        length = self._bucket(max(len(x) for x in ids))
-        rows = self._rows(len(ids))
-        tokens = np.full((rows, length), self.config.pad_id, np.int32)
-        for r, x in enumerate(ids):
-            tokens[r, : len(x)] = x
-        valid = np.zeros((rows, length), bool)
-        for r, x in enumerate(ids):
-            valid[r, : len(x)] = True
-        return tokens, valid
+        """(tokens, valid) of one batch: its length bucket, and a power-of-two row count that is a multiple
+        of the mesh's batch shards."""
+        length = batching.bucket_length(max(map(len, ids)), self.config.max_seq_length)
+        rows = batching.padded_rows(len(ids), self._batch_multiple)
+        return batching.pad(ids, length=length, rows=rows, pad_id=self.config.pad_id)
 
     def _dispatch(self, ids: list[list[int]]) -> jax.Array:
         """Pad one batch, place it and start the forward pass; returns without waiting for the result."""
@@ -319,13 +255,9 @@ class EmbeddingGemma:
 
     # ------------------------------------------------------------------ saving
 
-    def save_pretrained(self, out_dir: str | Path, *, format: str = "sentence-transformers") -> Path:
+    def save_pretrained(self, out_dir: str | Path, *, format: checkpoint.Format = "sentence-transformers") -> Path:
         """Write a sentence-transformers directory (default) or our native orbax checkpoint."""
-        if format == "sentence-transformers":
-            return checkpoint.save_hf(self.params, self.metadata_dir, out_dir)
-        if format == "native":
-            return checkpoint.save_native(self.params, self.config, self.metadata_dir, out_dir)
-        raise ValueError(f"unknown format {format!r}; use 'sentence-transformers' or 'native'")
+        return checkpoint.save(self.params, self.config, self.metadata_dir, out_dir, format=format)
 
 
 def _as_list(texts: Any, *, what: str = "texts", allow_none_items: bool = False) -> tuple[bool, list]:

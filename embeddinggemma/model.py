@@ -13,17 +13,18 @@ import itertools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
-from embeddinggemma.attention import attention
-from embeddinggemma.config import FULL, ModelConfig
+from embeddinggemma.attention import AttentionImpl, attention
+from embeddinggemma.config import FULL, LayerType, ModelConfig
 from embeddinggemma.sharding import constrain
 
 
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, std: float):
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype: DTypeLike, std: float):
     return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
 
 
-def matmul(spec: str, x: jax.Array, w: nnx.Param, dtype) -> jax.Array:
+def matmul(spec: str, x: jax.Array, w: nnx.Param, dtype: DTypeLike) -> jax.Array:
     """einsum of activations with a parameter cast to the compute dtype, accumulated in float32.
 
     Rounding once at the end is what PyTorch does in bfloat16 too, and it is faster: XLA:CPU runs a
@@ -35,7 +36,7 @@ def matmul(spec: str, x: jax.Array, w: nnx.Param, dtype) -> jax.Array:
 class RMSNorm(nnx.Module):
     """Gemma RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w), computed in float32, cast back."""
 
-    def __init__(self, dim: int, eps: float, axis_name: str, *, param_dtype):
+    def __init__(self, dim: int, eps: float, axis_name: str, *, param_dtype: DTypeLike):
         self.eps = eps
         self.weight = nnx.Param(jnp.zeros((dim,), param_dtype), logical_axes=(axis_name,))
 
@@ -57,7 +58,9 @@ def rope(x: jax.Array, theta: float) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer_type: str, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, layer_type: LayerType, *, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs
+    ):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         std = d**-0.5
         self.q_proj = _param(rngs, (d, n, h), ("embed", "q_heads", "head_dim"), param_dtype, std)
@@ -72,7 +75,7 @@ class Attention(nnx.Module):
         self.scale = cfg.query_pre_attn_scalar**-0.5
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array, valid: jax.Array, impl: str) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array, impl: AttentionImpl) -> jax.Array:
         q = rope(self.q_norm(matmul("btd,dnh->btnh", x, self.q_proj, self.dtype)), self.theta)
         k = rope(self.k_norm(matmul("btd,dkh->btkh", x, self.k_proj, self.dtype)), self.theta)
         v = matmul("btd,dkh->btkh", x, self.v_proj, self.dtype)
@@ -83,7 +86,7 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """down(gelu_tanh(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
         self.gate_proj = _param(rngs, (d, f), ("embed", "mlp"), param_dtype, d**-0.5)
         self.up_proj = _param(rngs, (d, f), ("embed", "mlp"), param_dtype, d**-0.5)
@@ -99,7 +102,9 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """h += post_attn_norm(attn(input_norm(h))); h += post_ffw_norm(mlp(pre_ffw_norm(h)))."""
 
-    def __init__(self, cfg: ModelConfig, layer_type: str, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, layer_type: LayerType, *, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs
+    ):
         norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", param_dtype=param_dtype)  # noqa: E731
         self.input_layernorm = norm()
         self.self_attn = Attention(cfg, layer_type, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -108,9 +113,11 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.post_feedforward_layernorm = norm()
 
-    def __call__(self, h: jax.Array, valid: jax.Array, impl: str) -> jax.Array:
-        h = h + self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), valid, impl))
-        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+    def __call__(self, h: jax.Array, valid: jax.Array, impl: AttentionImpl) -> jax.Array:
+        with jax.named_scope("attention"):
+            h = h + self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), valid, impl))
+        with jax.named_scope("mlp"):
+            return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
 class EmbeddingGemmaModule(nnx.Module):
@@ -120,11 +127,11 @@ class EmbeddingGemmaModule(nnx.Module):
         self,
         cfg: ModelConfig,
         *,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
         remat: bool = False,
-        attention_impl: str = "auto",
+        attention_impl: AttentionImpl = "auto",
     ):
         self.config = cfg
         self.dtype = dtype
@@ -143,21 +150,41 @@ class EmbeddingGemmaModule(nnx.Module):
         )
         self.remat = remat
 
+    @classmethod
+    def abstract(
+        cls,
+        cfg: ModelConfig,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        remat: bool = False,
+        attention_impl: AttentionImpl = "auto",
+    ) -> EmbeddingGemmaModule:
+        """The module with shapes and dtypes only (nothing allocated): what loaders fill and AOT lowers."""
+        return nnx.eval_shape(
+            lambda: cls(
+                cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), remat=remat, attention_impl=attention_impl
+            )
+        )
+
     def token_embeddings(
         self, input_ids: jax.Array, valid: jax.Array, *, return_hidden: bool = False
     ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
         """Final-norm token states (B, T, D); with return_hidden also each block's output."""
-        table = self.embed_tokens[...]
-        # The scale is rounded to the parameter dtype first, as in transformers (27.75 in bfloat16).
-        scale = jnp.asarray(self.config.hidden_size**0.5, table.dtype)
-        h = (jnp.take(table, input_ids, axis=0) * scale).astype(self.dtype)
-        h = constrain(h, ("batch", "length", "act_embed"))
-        hidden = []
-        for block in self.layers:
-            h = self._remat_block(block, h, valid) if self.remat else block(h, valid, self.attention_impl)
+        with jax.named_scope("embed"):
+            table = self.embed_tokens[...]
+            # The scale is rounded to the parameter dtype first, as in transformers (27.75 in bfloat16).
+            scale = jnp.asarray(self.config.hidden_size**0.5, table.dtype)
+            h = (jnp.take(table, input_ids, axis=0) * scale).astype(self.dtype)
             h = constrain(h, ("batch", "length", "act_embed"))
+        hidden = []
+        for i, block in enumerate(self.layers):
+            with jax.named_scope(f"layer_{i}"):
+                h = self._remat_block(block, h, valid) if self.remat else block(h, valid, self.attention_impl)
+                h = constrain(h, ("batch", "length", "act_embed"))
             hidden.append(h)
-        h = self.norm(h)
+        with jax.named_scope("final_norm"):
+            h = self.norm(h)
         return (h, hidden) if return_hidden else h
 
     def _remat_block(self, block: Block, h: jax.Array, valid: jax.Array) -> jax.Array:
@@ -175,12 +202,13 @@ class EmbeddingGemmaModule(nnx.Module):
 
     def head(self, tokens: jax.Array, valid: jax.Array) -> jax.Array:
         """Mean over real tokens (padding excluded), Dense layers, L2 normalize."""
-        m = valid.astype(jnp.float32)[..., None]
-        count = jnp.maximum(m.sum(axis=1), 1.0)  # an all-padding row pools to 0, never NaN
-        x = ((tokens.astype(jnp.float32) * m).sum(axis=1) / count).astype(self.dtype)
-        for kernel in self.dense:
-            x = matmul("bi,io->bo", x, kernel, self.dtype)
-        return l2_normalize(x.astype(jnp.float32))
+        with jax.named_scope("head"):
+            m = valid.astype(jnp.float32)[..., None]
+            count = jnp.maximum(m.sum(axis=1), 1.0)  # an all-padding row pools to 0, never NaN
+            x = ((tokens.astype(jnp.float32) * m).sum(axis=1) / count).astype(self.dtype)
+            for kernel in self.dense:
+                x = matmul("bi,io->bo", x, kernel, self.dtype)
+            return l2_normalize(x.astype(jnp.float32))
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -46,7 +46,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import numpy as np
@@ -57,8 +57,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 logger = logging.getLogger(__name__)
 
 AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-MODES = ("inference", "train")
+BATCH_AXES = ("data", "fsdp")  # the axes that split the batch
+Mode = Literal["inference", "train"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 Rules = tuple[tuple[str, tuple[str, ...]], ...]
 
@@ -139,7 +140,7 @@ def make_mesh(spec: str | Mesh, devices: Sequence[Any] | None = None) -> Mesh:
     return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
-def logical_rules(mode: str = "inference") -> Rules:
+def logical_rules(mode: Mode = "inference") -> Rules:
     """The (logical axis, mesh axes) table for "inference" or "train" (see the module docstring)."""
     if mode not in MODES:
         raise ValueError(f"unknown sharding mode {mode!r}; choose from {MODES}")
@@ -172,7 +173,7 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
-def param_shardings(abstract_state: Any, mesh: str | Mesh, rules: Rules | str = "inference") -> Any:
+def param_shardings(abstract_state: Any, mesh: str | Mesh, rules: Rules | Mode = "inference") -> Any:
     """The NamedSharding of every leaf of an NNX state (parameters, optimizer state, ...).
 
     Variables carrying `logical_axes` metadata are sharded by `rules` (a table or a mode name); all

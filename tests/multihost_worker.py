@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.texts import SHORT, long_text
+from embeddinggemma.parity import SHORT, long_text
 
 TEXTS = [*SHORT, long_text(150, 1), long_text(40, 2)]
 MESH = "data=2,fsdp=4"

@@ -1,23 +1,33 @@
-"""The sharded encode step compiles for a TPU v5e slice (compile-only devices; needs the `tpu` extra)."""
+"""The AOT report describes the program users run, and the sharded encode and train steps compile for a
+TPU v5e slice (compile-only devices; needs the `tpu` extra)."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
-from embeddinggemma import sharding
+from embeddinggemma import EmbeddingGemma, aot, sharding
 from embeddinggemma.config import FULL, SLIDING, ModelConfig
 from embeddinggemma.flops import attended_pairs
 
-_spec = importlib.util.spec_from_file_location(
-    "aot_compile", Path(__file__).parent.parent / "scripts" / "aot_compile.py"
-)
-aot = sys.modules["aot_compile"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(aot)
+needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+
+
+@needs8
+@pytest.mark.parametrize("mesh", ["data=2,fsdp=4", "data=8"])
+def test_aot_encode_is_the_encoder_program(tiny_dir, mesh):
+    """The AOT report lowers the same program `EmbeddingGemma.encode` runs on that mesh: equal HLO text."""
+    model = EmbeddingGemma.from_pretrained(tiny_dir, mesh=mesh)
+    tokens, valid = model.pad_batch([[2, 5, 6, 1]] * 8)
+    split = sharding.batch_sharding(model.mesh)
+    tokens, valid = (jax.make_array_from_callback(x.shape, split, lambda i, x=x: x[i]) for x in (tokens, valid))
+    with jax.set_mesh(model.mesh):
+        ours = model._forward.lower(model.params, tokens, valid).as_text()
+    report = aot.lower_encode(model.config, model.mesh, 8, tokens.shape[1], "auto", np.float32).as_text()
+    assert ours == report
 
 
 def test_flop_counts_follow_the_window():
@@ -39,7 +49,7 @@ def v5e_2x2():
 
 
 def test_sharded_encode_compiles_for_v5e(v5e_2x2):
-    cfg = ModelConfig.preset("embeddinggemma-300m")
+    cfg = ModelConfig.embeddinggemma_300m()
     mesh = sharding.make_mesh("data=2,fsdp=2", v5e_2x2)
     report = aot.compile_encode(cfg, mesh, batch=8, t=512, impl="splash")
     assert 0 < report.total < aot.V5E_HBM_BYTES
@@ -53,7 +63,7 @@ def test_grad_cache_train_step_compiles_in_less_memory(v5e_2x2):
     """The real train step (AdamW, fp32 master weights, splash) for v5e:2x2 on a 2-layer model (one
     sliding, one global): GradCache's chunks cut activation memory and its FLOPs stay accounted for."""
     cfg = dataclasses.replace(
-        ModelConfig.preset("embeddinggemma-300m"), num_layers=2, layer_types=(SLIDING, FULL), vocab_size=4096
+        ModelConfig.embeddinggemma_300m(), num_layers=2, layer_types=(SLIDING, FULL), vocab_size=4096
     )
     mesh = sharding.make_mesh("fsdp=4", v5e_2x2)
     full = aot.compile_train(cfg, mesh, batch=64, t=512, impl="splash", remat=True, grad_cache=None)

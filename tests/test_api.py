@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
-from embeddinggemma import EmbeddingGemma
-from embeddinggemma.encoder import length_buckets
-from tests.texts import SHORT, long_text
+from embeddinggemma import EmbeddingGemma, batching
+from embeddinggemma.batching import length_buckets
+from embeddinggemma.parity import SHORT, long_text
 
 
 def test_shapes_and_dtype(tiny_model: EmbeddingGemma):
@@ -109,7 +109,7 @@ def test_length_buckets_bound_padding():
 def test_spare_rows_are_topped_up_with_shorter_texts(tiny_model: EmbeddingGemma):
     """Three texts in the longest bucket pad to 4 rows: the fourth row takes the next text, not padding."""
     lengths = [205, 200, 195, 100, 98, 97, 20, 20, 20]  # buckets 208 x 3, 112 x 3, 32 x 3
-    batches = tiny_model._batches(lengths, batch_size=8)
+    batches = batching.plan(lengths, 8, tiny_model.config.max_seq_length)
     assert [list(b) for b in batches] == [[0, 1, 2, 3], [4, 5], [6, 7, 8]]
     texts = [long_text(n, seed=n) for n in lengths]
     together = tiny_model.encode(texts, batch_size=8)

@@ -92,7 +92,7 @@ def test_splash_inside_shard_map_on_a_mesh():
 
 def test_auto_picks_platform_backend():
     platform = jax.default_backend()
-    assert A.resolve("auto", None) == {"tpu": "splash", "gpu": "dot_product"}.get(platform, "blocked")
-    assert A.resolve("auto", 256) == {"tpu": "splash"}.get(platform, "blocked")
+    assert A.backend_for("auto", None) == {"tpu": "splash", "gpu": "dot_product"}.get(platform, "blocked")
+    assert A.backend_for("auto", 256) == {"tpu": "splash"}.get(platform, "blocked")
     with pytest.raises(ValueError, match="unknown attention"):
         A.attention(*_inputs(1, 8, 1, 1, 4, [8]), radius=None, scale=1.0, impl="flash")

@@ -1,15 +1,13 @@
-"""scripts/benchmark.py: its workloads have the token counts it claims, and one run of it on the tiny
+"""`embeddinggemma benchmark`: its workloads have the token counts it claims, and one run of it on the tiny
 checkpoint reports both frameworks on the same texts and keeps going past a backend that fails."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import sentencepiece as spm
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))  # spawned children import it by name too
-import benchmark
+from embeddinggemma import benchmark, cli
 
 
 def test_workload_texts_have_the_stated_token_counts(tiny_dir: Path):
@@ -25,8 +23,8 @@ def test_workload_texts_have_the_stated_token_counts(tiny_dir: Path):
 
 
 def test_benchmark_compares_both_frameworks_and_reports_a_failing_backend(tiny_dir: Path, capsys):
-    argv = ["--checkpoint", str(tiny_dir), "--only", "short", "--repeats", "1", "--peak-tflops", "1"]
-    assert benchmark.main([*argv, "--attention", "blocked,no_such_backend"]) == 0
+    argv = ["benchmark", "--model", str(tiny_dir), "--only", "short", "--repeats", "1", "--peak-tflops", "1"]
+    assert cli.main([*argv, "--attention", "blocked,no_such_backend"]) == 0
     out = capsys.readouterr().out
     assert "ours with attention=no_such_backend failed" in out
     assert "unknown attention implementation 'no_such_backend'" in out

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +11,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from embeddinggemma import CheckpointError, EmbeddingGemma, ModelConfig
-from embeddinggemma.checkpoint import load_hf_params, resolve
+from embeddinggemma.checkpoint import convert, hf, locate
+from embeddinggemma.files import OutputError
 
-ROOT = Path(__file__).resolve().parent.parent
 TENSOR_FILES = ("model.safetensors", "2_Dense/model.safetensors", "3_Dense/model.safetensors")
 
 
@@ -39,8 +37,8 @@ def _edit_json(path: Path, **changes) -> None:
 
 def test_convert_round_trip_is_bit_exact(tiny_dir: Path, tiny_st, tmp_path: Path):
     native, back = tmp_path / "native", tmp_path / "back"
-    for args in ([str(tiny_dir), str(native)], [str(native), str(back)]):
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), *args], check=True)
+    assert convert(tiny_dir, native).format == "sentence-transformers"
+    assert convert(native, back).format == "native"
     for rel in TENSOR_FILES:
         a, b = load_file(str(tiny_dir / rel)), load_file(str(back / rel))
         assert a.keys() == b.keys(), rel
@@ -56,8 +54,11 @@ def test_convert_round_trip_is_bit_exact(tiny_dir: Path, tiny_st, tmp_path: Path
 
 def test_export_refuses_existing_directory(tiny_model: EmbeddingGemma, tmp_path: Path):
     (tmp_path / "out").mkdir()
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         tiny_model.save_pretrained(tmp_path / "out")
+    with pytest.raises(OutputError, match="already exists"):
+        convert(tiny_model.metadata_dir, tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir()) and len(list(tmp_path.iterdir())) == 1  # nothing written
 
 
 def test_missing_tensor_is_named(broken: Path):
@@ -130,20 +131,50 @@ def test_odd_window_is_read_like_transformers(broken: Path, caplog):
     assert cfg.sliding_window_radius + 1 == AutoConfig.from_pretrained(broken).sliding_window
 
 
-def test_config_matches_preset_of_real_model():
-    cfg = ModelConfig.preset("embeddinggemma-300m")
-    assert cfg == ModelConfig(prompts=cfg.prompts)
-    assert cfg.layer_types.count("full_attention") == 4 and cfg.sliding_window_radius == 256
+def test_300m_preset():
+    cfg = ModelConfig.embeddinggemma_300m()
+    assert cfg.num_global_layers == 4 and cfg.sliding_window_radius == 256 and cfg.embedding_dim == 768
+    assert cfg.prompt_dict["query"] == "task: search result | query: "
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.reference
+def test_300m_preset_is_the_real_checkpoint(reference_dir: Path):
+    assert ModelConfig.from_checkpoint_dir(reference_dir) == ModelConfig.embeddinggemma_300m()
+
+
+def test_key_table_maps_every_parameter_both_ways(tiny_dir: Path):
+    """Every tensor of the checkpoint has a parameter and back, through the same rule line."""
+    cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
+    keys = set(load_file(str(tiny_dir / "model.safetensors")))
+    keys |= {f"dense.{n}.linear.weight" for n in range(len(cfg.dense_features))}
+    state = hf.read_params(tiny_dir, cfg)
+    written = hf.tensors(state)
+    assert set(written) == keys
+    for key in keys - {"dense.0.linear.weight", "dense.1.linear.weight"}:
+        np.testing.assert_array_equal(written[key], load_file(str(tiny_dir / "model.safetensors"))[key])
+    o_proj = next(rule for rule in hf.RULES if rule.hf.endswith("o_proj.weight"))
+    assert o_proj.to_path("layers.3.self_attn.o_proj.weight") == ("layers", 3, "self_attn", "o_proj")
+    assert o_proj.to_key(("layers", 3, "self_attn", "o_proj")) == "layers.3.self_attn.o_proj.weight"
+    assert o_proj.hf_shape((3, 256, 768)) == (768, 768)  # (N, H, D) ours <- (D, N*H) PyTorch
+
+
+def test_truncated_safetensors_is_named(broken: Path):
+    """An interrupted download leaves a truncated file: the error names it, no raw safetensors traceback."""
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
+        EmbeddingGemma.from_pretrained(broken)
 
 
 def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="huggingface-cli download"):
-        resolve("google/embeddinggemma-300m-does-not-exist")
+        locate("google/embeddinggemma-300m-does-not-exist")
 
 
 def test_not_a_checkpoint_path(tmp_path: Path):
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
-        resolve(str(tmp_path / "nope"))
+        locate(str(tmp_path / "nope"))
     with pytest.raises(CheckpointError, match="missing"):
-        load_hf_params(tmp_path, ModelConfig())
+        hf.read_params(tmp_path, ModelConfig())

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,13 +28,22 @@ SHARD = 8
 N_DOCS = 1200  # 150 shards: the kill below lands after the first one and long before the last
 
 
-def cli_env(model_dir: Path) -> dict[str, str]:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "EMBEDDINGGEMMA_CHECKPOINT": str(model_dir)}
+def cli_env(model_dir: Path, cache: Path | None = None) -> dict[str, str]:
+    """The CLI's environment: the tiny checkpoint, and a compilation cache of the test run's own."""
+    cache = cache or Path(os.environ.get("PYTEST_CLI_CACHE", Path(tempfile.gettempdir()) / "eg-test-jax-cache"))
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "EMBEDDINGGEMMA_CHECKPOINT": str(model_dir),
+        "EMBEDDINGGEMMA_COMPILATION_CACHE": str(cache),
+    }
 
 
-def run_cli(model_dir: Path, *args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    model_dir: Path, *args: str | Path, ok: bool = True, cache: Path | None = None
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [str(SCRIPT), *map(str, args)], env=cli_env(model_dir), capture_output=True, text=True, timeout=300
+        [str(SCRIPT), *map(str, args)], env=cli_env(model_dir, cache), capture_output=True, text=True, timeout=300
     )
     if ok:
         assert proc.returncode == 0, proc.stderr
@@ -139,6 +149,18 @@ def test_similarity_info_convert(tiny_dir: Path, tiny_model: EmbeddingGemma, tmp
     np.testing.assert_array_equal(EmbeddingGemma.from_pretrained(native).encode(text), tiny_model.encode(text))
 
 
+def test_second_run_loads_its_programs_from_the_compilation_cache(tiny_dir: Path, tmp_path: Path) -> None:
+    """Every program the first `search` compiles is stored; the second finds them all (stores nothing new)."""
+    cache = tmp_path / "cache"
+    first = run_cli(tiny_dir, "search", "-q", "red planet", "-k", "2", cache=cache).stdout
+    stored = sorted(p.name for p in cache.iterdir())
+    assert any(name.startswith("jit__lambda") for name in stored), stored  # the encode step among them
+    assert run_cli(tiny_dir, "search", "-q", "red planet", "-k", "2", cache=cache).stdout == first
+    assert sorted(p.name for p in cache.iterdir()) == stored
+    run_cli(tiny_dir, "search", "-q", "red planet", "--no-compilation-cache", cache=tmp_path / "off")
+    assert not (tmp_path / "off").exists()
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bad")
@@ -159,6 +181,20 @@ BAD_INPUTS = {
     "dim out of range": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--truncate-dim", "49"], "must be in 1..48"),
     "output under a file": (["-i", "{root}/good.txt", "-o", "{root}/a_file/x.npy"], "cannot write"),
     "output is a directory": (["-i", "{root}/good.txt", "-o", "{tmp}"], "is a directory"),
+    "output is the input": (["-i", "{root}/good.txt", "-o", "{root}/good.txt"], "is also an input"),
+    "ids output is the input": (
+        ["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--ids-output", "{root}/good.txt"],
+        "is also an input",
+    ),
+    "ids output is the output": (
+        ["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--ids-output", "{tmp}/x.npy"],
+        "are the same file",
+    ),
+    "ids output under a file": (
+        ["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--ids-output", "{root}/a_file/ids.jsonl"],
+        "cannot write --ids-output",
+    ),
+    "output exists": (["-i", "{root}/good.txt", "-o", "{root}/a_file"], "already exists; pass --overwrite"),
     "float16": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--dtype", "float16"], "float16 is not supported"),
     "no such checkpoint": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "-m", "{root}/nope"], "no such checkpoint"),
 }
@@ -172,24 +208,28 @@ def test_bad_input_is_one_line(case: str, tiny_dir: Path, bad_files: Path, tmp_p
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("embeddinggemma encode: error: "), proc.stderr
     assert message in proc.stderr
     assert not list(tmp_path.iterdir()), "a failed run leaves no files behind"
+    assert (bad_files / "good.txt").read_text() == "one text\nanother text\n", "the input is intact"
+    assert (bad_files / "a_file").read_text() == "", "an existing file is intact"
 
 
-@pytest.mark.parametrize(("command", "option"), [("train", "--config"), ("aot", "--topology")])
-def test_script_commands_pass_arguments_through(command: str, option: str, tiny_dir: Path) -> None:
-    """`embeddinggemma train|aot --help` is the script's own help: every argument reaches the script."""
-    assert option in run_cli(tiny_dir, command, "--help").stdout
+def test_overwrite_replaces_an_existing_output(tiny_dir: Path, bad_files: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.npy"
+    out.write_text("an earlier result")
+    run_cli(tiny_dir, "encode", "-i", bad_files / "good.txt", "-o", out, "--overwrite")
+    assert np.load(out).shape == (2, 48)
 
 
 def test_every_command_help_has_an_example() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
-    assert set(commands) == {"convert", "encode", "search", "similarity", "info", "train", "aot"}
+    expected = {"convert", "encode", "search", "similarity", "info", "train", "aot", "benchmark", "parity"}
+    assert set(commands) == expected
     for name, sub in commands.items():
         assert "example:\n  embeddinggemma " + name in sub.format_help(), name
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-OTHER_TESTS = ("train", "aot")  # README examples of these run in the training / AOT tests
+OTHER_TESTS = ("train", "aot", "benchmark", "parity")  # run in their own tests (slow, or need the real checkpoint)
 
 
 def readme_cli_commands() -> list[str]:

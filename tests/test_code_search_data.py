@@ -1,17 +1,11 @@
-"""scripts/make_code_search_data.py: docstring -> code pairs, split by module, no answer leaked."""
+"""embeddinggemma.train.code_search_data: docstring -> code pairs, split by module, no answer leaked."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "make_code_search_data", Path(__file__).parent.parent / "scripts" / "make_code_search_data.py"
-)
-data = sys.modules["make_code_search_data"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(data)
+from embeddinggemma.train import code_search_data as data
 
 MODULE = '''
 def add(a, b):

@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 
 from embeddinggemma import EmbeddingGemma
-from tests.texts import SHORT, long_text
+from embeddinggemma.parity import SHORT, long_text
 
 TOL = 1e-5
 LONG = [long_text(n, seed=n) for n in (40, 90, 150, 230)]  # up to ~max_seq_length tokens

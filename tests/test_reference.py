@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embeddinggemma import EmbeddingGemma
-from tests.texts import QUERIES, SHORT, reference_corpus
+from embeddinggemma.parity import QUERIES, SHORT, reference_corpus
 
 pytestmark = pytest.mark.reference
 MIN_COS = 0.99999

@@ -10,10 +10,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from embeddinggemma import EmbeddingGemma, sharding
-from embeddinggemma.checkpoint import abstract_state
+from embeddinggemma import EmbeddingGemma, EmbeddingGemmaModule, sharding
 from embeddinggemma.config import ModelConfig
-from tests.texts import SHORT, long_text
+from embeddinggemma.parity import SHORT, long_text
 
 needs8 = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)"
@@ -41,7 +40,7 @@ def test_make_mesh():
 @needs8
 def test_real_model_rules():
     """The rules on the real 300m shapes: table split by vocab; layers split by fsdp only in training."""
-    _, state = abstract_state(ModelConfig(), "bfloat16")
+    state = nnx.state(EmbeddingGemmaModule.abstract(ModelConfig(), param_dtype="bfloat16"))
     specs = {
         mode: {
             p: v.get_value().spec for p, v in nnx.to_flat_state(sharding.param_shardings(state, "data=2,fsdp=4", mode))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from embeddinggemma import ModelConfig
+from embeddinggemma.parity import SHORT, long_text
 from embeddinggemma.tokenizer import Tokenizer
-from tests.texts import SHORT, long_text
 
 # "<start_of_turn>" is a user-defined piece: one token in both tokenizers.
 ORDINARY = [

@@ -3,8 +3,10 @@ bit-exactly after SIGTERM, and rejects malformed data with file and line."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -17,10 +19,11 @@ import pytest
 
 from embeddinggemma import EmbeddingGemma
 from embeddinggemma.config import ModelConfig
-from embeddinggemma.train import TrainConfig, train
+from embeddinggemma.files import OutputError
+from embeddinggemma.parity import long_text
+from embeddinggemma.train import TrainConfig, loop, train
 from embeddinggemma.train.data import Collator, DataError, Example, Prompts, read_jsonl
 from tests.retrieval_data import write_split
-from tests.texts import long_text
 from tests.train_helpers import ROOT, final_state, tiny_run_config
 
 
@@ -30,9 +33,24 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
+    """Also: an earlier run's export (its checkpoints pruned) is replaced only with overwrite, and a
+    profile of two steps is written, its ops named by component."""
     from sentence_transformers import SentenceTransformer
 
-    result = train(TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run")))
+    earlier = tmp_path / "run" / "export"
+    earlier.mkdir(parents=True)
+    (earlier / "marker").write_text("an earlier fine-tune")
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run", profile_steps=[2, 3]))
+    with pytest.raises(OutputError, match=r"holds an earlier run \(export\): pass --resume .* --overwrite"):
+        train(cfg)
+    assert (earlier / "marker").read_text() == "an earlier fine-tune"
+    result = train(cfg, overwrite=True)
+    assert not (earlier / "marker").exists()
+    (trace,) = (tmp_path / "run" / "profile").rglob("*.trace.json.gz")
+    steps = [e for e in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"] if e.get("name") == "train"]
+    assert len(steps) == 2  # StepTraceAnnotation of steps 2 and 3
+    (xplane,) = (tmp_path / "run" / "profile").rglob("*.xplane.pb")  # ops carry their named scopes
+    assert all(scope in xplane.read_bytes() for scope in (b"layer_0/attention", b"layer_1/mlp", b"/head/"))
     before, after = result["eval_start"]["eval/48/ndcg@10"], result["eval_end"]["eval/48/ndcg@10"]
     print(f"held-out nDCG@10 (48-d): {before:.4f} -> {after:.4f}")
     assert result["status"] == "completed" and after > before + 0.05
@@ -53,7 +71,7 @@ def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
 def _train_subprocess(cfg_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(cfg_path), *extra],
+        [sys.executable, "-m", "embeddinggemma.cli", "train", "--config", str(cfg_path), *extra],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -114,7 +132,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 def test_truncation_is_warned_once_and_counted(tiny_dir, caplog):
     model_cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
-    prompts = Prompts.resolve(model_cfg, None, None, "title: {title} | text: ")
+    prompts = Prompts.for_model(model_cfg, None, None, "title: {title} | text: ")
     collator = Collator(tiny_dir / "tokenizer.model", model_cfg, prompts, num_negatives=0, max_doc_length=16)
     long_doc = Example("a query", long_text(40, 1), ())
     with caplog.at_level(logging.WARNING, logger="embeddinggemma"):
@@ -124,3 +142,45 @@ def test_truncation_is_warned_once_and_counted(tiny_dir, caplog):
     assert batch["d_valid"].shape[-1] == 16 and batch["d_valid"][0].all()
     warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith("training documents longer than 16 tokens are truncated")
+
+
+def test_output_dir_of_an_earlier_run_is_never_replaced_silently(tiny_dir, data, tmp_path):
+    """Checked before anything loads: a fresh run into an earlier run's directory, and a resumed run
+    that would replace an existing export, are refused; nothing in the directory changes."""
+    out = tmp_path / "run"
+    (out / "export").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("{}\n")
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, out, model=str(tmp_path / "no-such-model")))
+    with pytest.raises(OutputError, match=r"holds an earlier run \(metrics.jsonl, export\)"):
+        train(cfg)
+    with pytest.raises(OutputError, match="an earlier run's export"):
+        train(cfg, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["export", "metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == "{}\n"
+
+
+class _LossBecomesNaN:
+    """A train step whose loss is NaN from step `at` on (as a diverged run's would be)."""
+
+    def __init__(self, step, at: int):
+        self.step, self.at, self.calls = step, at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+    def __call__(self, state, frozen, batch):
+        state, metrics = self.step(state, frozen, batch)
+        self.calls += 1
+        return state, metrics | ({"loss": metrics["loss"] * math.nan} if self.calls >= self.at else {})
+
+
+def test_non_finite_loss_stops_before_saving_and_names_a_complete_checkpoint(tiny_dir, data, tmp_path, monkeypatch):
+    """The loss is fetched only at log and save steps: a NaN at step 3 is caught at step 4's save, which
+    does not happen; the message names step 2, which is on disk."""
+    build = loop.build_train_step
+    monkeypatch.setattr(loop, "build_train_step", lambda *a: _LossBecomesNaN(build(*a), at=3))
+    overrides = {"steps": 8, "save_every": 2, "log_every": 100, "eval_file": None, "export": False}
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run", **overrides))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 3; .* checkpoint is step 2 in"):
+        train(cfg)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["2"]

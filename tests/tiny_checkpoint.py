@@ -30,6 +30,8 @@ from tokenizers import AddedToken
 from transformers import Gemma3TextConfig, Gemma3TextModel, GemmaTokenizer
 from transformers.tokenization_utils_base import generate_merges
 
+from embeddinggemma.config import PROMPTS_300M
+
 VOCAB_SIZE = 1536
 # 64 would be the obvious choice, but transformers 5 rejects a hidden size that is not a multiple of the head
 # count (3, as in the real model); 48 also keeps heads * head_dim (96) != hidden_size, which the real model hides.
@@ -38,22 +40,7 @@ DENSE_SIZE = 256
 MAX_POSITION_EMBEDDINGS = 512
 
 # Same prompts as the real config_sentence_transformers.json, so prompt handling is exercised identically.
-PROMPTS = {
-    "query": "task: search result | query: ",
-    "document": "title: none | text: ",
-    "BitextMining": "task: search result | query: ",
-    "Clustering": "task: clustering | query: ",
-    "Classification": "task: classification | query: ",
-    "InstructionRetrieval": "task: code retrieval | query: ",
-    "MultilabelClassification": "task: classification | query: ",
-    "PairClassification": "task: sentence similarity | query: ",
-    "Reranking": "task: search result | query: ",
-    "Retrieval": "task: search result | query: ",
-    "Retrieval-query": "task: search result | query: ",
-    "Retrieval-document": "title: none | text: ",
-    "STS": "task: sentence similarity | query: ",
-    "Summarization": "task: summarization | query: ",
-}
+PROMPTS = PROMPTS_300M
 
 # A scaled-down copy of Gemma's user-defined pieces (ids 4.. in the real vocab): a few placeholders, the chat
 # markers, newline runs and "▁" (space) runs up to length 31, and some HTML tags. SentencePiece always emits them

@@ -9,12 +9,12 @@ from typing import Any
 import jax
 from flax import nnx
 
-from embeddinggemma import checkpoint
+from embeddinggemma.checkpoint import hf
 from embeddinggemma.config import ModelConfig
+from embeddinggemma.parity import SHORT, long_text
 from embeddinggemma.train import step
 from embeddinggemma.train.config import TrainConfig
 from embeddinggemma.train.data import Collator, Example, Prompts
-from tests.texts import SHORT, long_text
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_DIMS = (48, 32, 16, 8)
@@ -45,7 +45,7 @@ def tiny_config(**overrides) -> TrainConfig:
 
 def collate(tiny_dir: Path, cfg: TrainConfig, examples=EXAMPLES) -> dict:
     model_cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
-    prompts = Prompts.resolve(model_cfg, None, None, cfg.title_prompt)
+    prompts = Prompts.for_model(model_cfg, None, None, cfg.title_prompt)
     collator = Collator(
         tiny_dir / "tokenizer.model",
         model_cfg,
@@ -60,7 +60,7 @@ def tiny_params(tiny_dir: Path, cfg: TrainConfig) -> tuple[nnx.GraphDef, nnx.Sta
     """(graphdef, frozen, params) of the tiny checkpoint, float32."""
     model_cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
     graphdef, frozen, params = step.split_module(step.training_module(cfg, model_cfg), cfg.freeze_embeddings)
-    loaded = checkpoint.load_hf_params(tiny_dir, model_cfg)
+    loaded = hf.read_params(tiny_dir, model_cfg)
     module = nnx.merge(graphdef, frozen, params)
     nnx.update(module, loaded)
     _, frozen, params = step.split_module(module, cfg.freeze_embeddings)

@@ -1,18 +1,24 @@
-"""Training configuration: one frozen dataclass, read from a JSON file in configs/.
+"""Training configuration: one frozen dataclass, read from a JSON file.
 
-JSON because the model presets in configs/ are JSON already, it needs no dependency, and the file is
-the exact `TrainConfig.to_dict()` written next to every run's checkpoints (so a run can be reproduced
-from its output directory). Unknown keys are an error, not a silent no-op.
+JSON because it needs no dependency and the file is the exact `TrainConfig.to_dict()` written next to
+every run's checkpoints (so a run can be reproduced from its output directory). Unknown keys are an
+error, not a silent no-op. The configs in the repository's configs/ ship inside the package
+(`embeddinggemma.configs`), so `--config train_tiny` works from an installed wheel.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-SCHEDULES = ("linear", "cosine")
+from embeddinggemma.attention import AttentionImpl
+from embeddinggemma.config import DTypeName
+
+Schedule = Literal["linear", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,18 +55,18 @@ class TrainConfig:
     epochs: float = 1.0
     learning_rate: float = 2e-5
     warmup_steps: int = 0
-    schedule: str = "linear"  # decay after warmup: "linear" or "cosine", to end_learning_rate
+    schedule: Schedule = "linear"  # decay after warmup: "linear" or "cosine", to end_learning_rate
     end_learning_rate: float = 0.0
     weight_decay: float = 0.01
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: float | None = 1.0
-    param_dtype: str = "float32"  # master weights
-    compute_dtype: str = "bfloat16"
+    param_dtype: DTypeName = "float32"  # master weights
+    compute_dtype: DTypeName = "bfloat16"
     freeze_embeddings: bool = False  # the 262144 x 768 token table (2/3 of the parameters)
     remat: bool = False  # gradient checkpointing per block
-    attention_impl: str = "auto"
+    attention_impl: AttentionImpl = "auto"
     mesh: str = "fsdp=-1"  # embeddinggemma.sharding.make_mesh spec
 
     # Checkpoints, evaluation, logging.
@@ -71,6 +77,7 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True  # when tensorboard is installed
     export: bool = True  # write <output_dir>/export (sentence-transformers layout) at the end
+    profile_steps: tuple[int, int] | None = None  # (first, last): a JAX profiler trace of these steps -> profile/
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -81,6 +88,10 @@ class TrainConfig:
             raise ValueError("matryoshka_weights must have one weight per matryoshka_dims entry")
         if self.num_negatives < 0 or self.scale <= 0:
             raise ValueError("num_negatives must be >= 0 and scale > 0")
+        if self.profile_steps is not None and not (
+            len(self.profile_steps) == 2 and 1 <= self.profile_steps[0] <= self.profile_steps[1]
+        ):
+            raise ValueError(f"profile_steps must be [first, last] with 1 <= first <= last, got {self.profile_steps}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -93,8 +104,30 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a JSON config; relative data/model paths stay relative to the working directory."""
-        return cls.from_dict({**json.loads(Path(path).read_text()), **overrides})
+        """Read a JSON config, a file or the name of a bundled one (`bundled_configs()`); relative
+        data/model paths in it stay relative to the working directory."""
+        file = config_file(path)
+        try:
+            return cls.from_dict({**json.loads(file.read_text(encoding="utf-8")), **overrides})
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file}: invalid JSON ({e})") from e
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def bundled_configs() -> dict[str, Path]:
+    """The training configs shipped in the package (the repository's configs/), by name."""
+    root = resources.files("embeddinggemma.configs")
+    return {f.name.removesuffix(".json"): Path(str(f)) for f in root.iterdir() if f.name.endswith(".json")}
+
+
+def config_file(name_or_path: str | Path) -> Path:
+    """A config file path as given, or the bundled config of that name (`train_tiny`, `train_v5e-8`, ...)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    bundled = bundled_configs()
+    if str(name_or_path) not in bundled:
+        raise FileNotFoundError(f"{name_or_path}: no such config file or bundled config (bundled: {sorted(bundled)})")
+    return bundled[str(name_or_path)]

@@ -9,8 +9,8 @@ Order: epoch e visits the examples in permutation(seed, e), in global batches of
 dropped); process p of P takes rows [p B/P, (p+1) B/P) of each batch and tokenizes only those. The
 position (epoch, batch) is all the iterator's state, so a checkpoint that stores it resumes exactly.
 Sequences are padded to length buckets (the longest in the global batch), coarser than the encoder's
-(2 per doubling: 32, 48, 64, 96, 128, ...) because a run compiles one train step per (query bucket,
-document bucket) pair.
+(`batching.TRAIN_BUCKETS_PER_OCTAVE`: 32, 48, 64, 96, 128, ...) because a run compiles one train step
+per (query bucket, document bucket) pair.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from embeddinggemma import batching
 from embeddinggemma.config import ModelConfig
-from embeddinggemma.encoder import bucket_length
 from embeddinggemma.tokenizer import Tokenizer
 from embeddinggemma.train.losses import MISSING
 
 logger = logging.getLogger(__name__)
-TRAIN_BUCKETS_PER_OCTAVE = 2
 
 
 class DataError(ValueError):
@@ -93,7 +92,7 @@ class Prompts:
     title: str  # format string with {title}
 
     @classmethod
-    def resolve(cls, model_cfg: ModelConfig, query: str | None, document: str | None, title: str) -> Prompts:
+    def for_model(cls, model_cfg: ModelConfig, query: str | None, document: str | None, title: str) -> Prompts:
         """Explicit prompts, else the model's "query" / "document" prompts (config_sentence_transformers.json)."""
         prompts = model_cfg.prompt_dict
         return cls(
@@ -159,8 +158,8 @@ class Collator:
         docs = [self.documents(ex) for ex in examples]
         q_ids = self._encode("queries", self.q_tok, queries)
         d_ids = self._encode("documents", self.d_tok, [t for row in docs for t in row])
-        q_tokens, q_valid = self._pad(q_ids, self._length(q_ids, self.q_len))
-        d_tokens, d_valid = self._pad(d_ids, self._length(d_ids, self.d_len))
+        q_tokens, q_valid = batching.pad(q_ids, length=self._length(q_ids, self.q_len), pad_id=self.pad_id)
+        d_tokens, d_valid = batching.pad(d_ids, length=self._length(d_ids, self.d_len), pad_id=self.pad_id)
         b, k1 = len(examples), 1 + self.k
         if self.mask_false_negatives:
             q_keys = np.array([text_key(t) for t in queries], np.int32)
@@ -195,15 +194,7 @@ class Collator:
     @staticmethod
     def _length(ids: list[list[int]], max_len: int) -> int:
         """The padded length of this global batch: the bucket of its longest sequence on any host."""
-        return bucket_length(_global_max(max(map(len, ids))), max_len, TRAIN_BUCKETS_PER_OCTAVE)
-
-    def _pad(self, ids: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-        tokens = np.full((len(ids), length), self.pad_id, np.int32)
-        valid = np.zeros((len(ids), length), bool)
-        for r, x in enumerate(ids):
-            tokens[r, : len(x)] = x
-            valid[r, : len(x)] = True
-        return tokens, valid
+        return batching.bucket_length(_global_max(max(map(len, ids))), max_len, batching.TRAIN_BUCKETS_PER_OCTAVE)
 
 
 class BatchIterator:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from embeddinggemma import vectors
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.train.data import Example, Prompts
 
@@ -57,7 +58,7 @@ def evaluate(model: EmbeddingGemma, evalset: EvalSet, dims: Sequence[int], batch
     c = model.encode(evalset.corpus, prompt="", batch_size=batch_size)
     out = {}
     for dim in dims:
-        qd, cd = (x[:, :dim] / np.linalg.norm(x[:, :dim], axis=1, keepdims=True) for x in (q, c))
-        for name, value in retrieval_metrics(qd @ cd.T, evalset.relevant).items():
+        scores = vectors.truncate(q, dim) @ vectors.truncate(c, dim).T
+        for name, value in retrieval_metrics(scores, evalset.relevant).items():
             out[f"eval/{dim}/{name}"] = value
     return out

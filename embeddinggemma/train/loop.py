@@ -7,13 +7,18 @@ Outputs under `output_dir`:
   checkpoints/<step>  orbax checkpoints (state + data position), the newest `keep_checkpoints`
   export/             the final model as a sentence-transformers directory
   tensorboard/        the same scalars, when tensorboard is installed
-SIGTERM (a preempted TPU VM) finishes the current step, saves a checkpoint and returns "preempted";
-a non-finite loss raises FloatingPointError before anything is saved from that step.
+  profile/            a JAX profiler trace of `profile_steps`, when set
+A run never deletes what an earlier run left: a fresh run refuses an output_dir holding one (unless
+`overwrite`), and the export of a resumed run replaces an existing one only with `overwrite`.
+The host does not wait for the device between steps: losses are fetched at log, save and eval steps,
+where a non-finite one stops the run before anything is saved from it. SIGTERM (a preempted TPU VM)
+finishes the current step, saves a checkpoint and returns "preempted".
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -23,15 +28,16 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 from flax import nnx
 from tqdm.auto import tqdm
 
 from embeddinggemma import checkpoint, sharding
-from embeddinggemma.config import ModelConfig
+from embeddinggemma.checkpoint import hf
 from embeddinggemma.encoder import EmbeddingGemma
+from embeddinggemma.files import OutputError
 from embeddinggemma.tokenizer import Tokenizer
 from embeddinggemma.train.checkpointing import RunCheckpoints
 from embeddinggemma.train.config import TrainConfig
@@ -40,6 +46,10 @@ from embeddinggemma.train.evaluate import EvalSet, evaluate
 from embeddinggemma.train.step import TrainStep, build_train_step, split_module, training_module
 
 logger = logging.getLogger(__name__)
+
+Status = Literal["completed", "preempted"]
+# What a run writes into output_dir (all of it is an earlier run's when a fresh run starts).
+RUN_FILES = ("checkpoints", "metrics.jsonl", "train_config.json", "export", "tensorboard", "profile")
 
 
 class MetricsLog:
@@ -81,137 +91,235 @@ def _sigterm_flag() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _load_model(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> tuple[ModelConfig, Path, nnx.State]:
-    """(model config, metadata dir, parameters in param_dtype placed on their "train" shardings)."""
-    root = checkpoint.resolve(cfg.model)
-    native = checkpoint.is_native(root)
-    model_cfg = checkpoint.read_native_config(root) if native else ModelConfig.from_checkpoint_dir(root)
-    _, skeleton = checkpoint.abstract_state(model_cfg, cfg.param_dtype)
-    shardings = sharding.param_shardings(skeleton, mesh, "train")
-    load = checkpoint.load_native_params if native else checkpoint.load_hf_params
-    params = load(root, model_cfg, param_dtype=cfg.param_dtype, shardings=shardings)
-    return model_cfg, root / "hf" if native else root, params
+def _sync(name: str) -> None:
+    """Wait for every process (a no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def check_output_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> list[str]:
+    """The earlier run's files in output_dir that this run would replace (checked before anything loads).
+
+    A fresh run refuses an output_dir with an earlier run in it; a resumed run refuses to replace an
+    existing export at its end. `overwrite` allows both.
+    """
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output_dir {out} is a file")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if overwrite:
+        return found
+    if resume and cfg.export and "export" in found:
+        raise OutputError(
+            f"{out / 'export'} exists (an earlier run's export): the resumed run would replace it at the end; "
+            "pass --overwrite to allow that, or set export=false"
+        )
+    if not resume and found:
+        raise OutputError(
+            f"{out} holds an earlier run ({', '.join(found)}): pass --resume to continue it, --overwrite to "
+            "replace it, or choose a new output_dir"
+        )
+    return []
 
 
 def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Fine-tune `cfg.model` on `cfg.train_file`; returns {"status", "step", "metrics", "export"}.
+@dataclasses.dataclass
+class Run:
+    """One training run: what `setup` builds, `loop` advances and `finish` exports."""
 
-    `resume`: continue from the newest checkpoint in output_dir/checkpoints (starting fresh if there is
-    none). Without it an output_dir that already holds checkpoints is an error, never overwritten.
-    """
-    sharding.maybe_initialize_distributed()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    mesh = sharding.make_mesh(cfg.mesh)
-    model_cfg, metadata_dir, loaded = _load_model(cfg, mesh)
-    module = training_module(cfg, model_cfg)
-    nnx.update(module, loaded)
-    graphdef, frozen, params = split_module(module, cfg.freeze_embeddings)
+    cfg: TrainConfig
+    out: Path
+    mesh: jax.sharding.Mesh
+    ts: TrainStep
+    frozen: nnx.State
+    state: dict[str, Any]
+    batches: BatchIterator
+    collator: Collator
+    ckpts: RunCheckpoints
+    log: MetricsLog
+    encoder: EmbeddingGemma
+    evalset: EvalSet | None
+    total: int
+    step: int = dataclasses.field(init=False)
+    unchecked: list[tuple[int, jax.Array]] = dataclasses.field(default_factory=list)  # (step, loss) not yet seen
 
-    prompts = Prompts.resolve(model_cfg, cfg.query_prompt, cfg.document_prompt, cfg.title_prompt)
-    collator = Collator(
-        metadata_dir / "tokenizer.model",
-        model_cfg,
-        prompts,
-        num_negatives=cfg.num_negatives,
-        max_query_length=cfg.max_query_length,
-        max_doc_length=cfg.max_doc_length,
-        mask_false_negatives=cfg.mask_false_negatives,
-    )
-    batches = BatchIterator(
-        read_jsonl(cfg.train_file, skip_malformed=cfg.skip_malformed), collator, cfg.global_batch_size, cfg.seed
-    )
-    total = _total_steps(cfg, batches.steps_per_epoch)
-    ts = build_train_step(cfg, model_cfg, mesh, total)
+    @classmethod
+    def setup(cls, cfg: TrainConfig, *, resume: bool, replace: list[str]) -> Run:
+        """Load the model onto the mesh, read the data, build the step, and restore or initialize the state.
+        `replace`: an earlier run's files in output_dir to delete before this run writes (--overwrite)."""
+        out = Path(cfg.output_dir)
+        mesh = sharding.make_mesh(cfg.mesh)
+        ckpt = checkpoint.load(cfg.model, dtype=cfg.param_dtype, mesh=mesh, purpose="train")
+        module = training_module(cfg, ckpt.config)
+        nnx.update(module, ckpt.params)
+        graphdef, frozen, params = split_module(module, cfg.freeze_embeddings)
 
-    ckpts = RunCheckpoints(out / "checkpoints", cfg.keep_checkpoints)
-    latest = ckpts.latest_step()
-    if latest is not None and not resume:
-        raise FileExistsError(f"{out / 'checkpoints'} already holds step {latest}: pass --resume or a new output_dir")
-    if latest is not None:
-        state, data_state = ckpts.restore(latest, ts.abstract_state, ts.state_shardings)
-        batches.restore(data_state)
-        logger.info("resumed from step %d (epoch %d, batch %d)", latest, batches.epoch, batches.batch)
-    else:
-        state = ts.init_state(params)
-    del params, loaded  # the state owns the trained parameters now (and is donated each step)
-    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        prompts = Prompts.for_model(ckpt.config, cfg.query_prompt, cfg.document_prompt, cfg.title_prompt)
+        collator = Collator(
+            ckpt.tokenizer_file,
+            ckpt.config,
+            prompts,
+            num_negatives=cfg.num_negatives,
+            max_query_length=cfg.max_query_length,
+            max_doc_length=cfg.max_doc_length,
+            mask_false_negatives=cfg.mask_false_negatives,
+        )
+        batches = BatchIterator(
+            read_jsonl(cfg.train_file, skip_malformed=cfg.skip_malformed), collator, cfg.global_batch_size, cfg.seed
+        )
+        evalset = EvalSet.from_examples(read_jsonl(cfg.eval_file), prompts) if cfg.eval_file else None
+        total = _total_steps(cfg, batches.steps_per_epoch)
+        ts = build_train_step(cfg, ckpt.config, mesh, total)
 
-    log = MetricsLog(out, cfg.tensorboard)
-    encoder = EmbeddingGemma(
-        nnx.merge(graphdef, frozen, state["params"]),
-        Tokenizer(metadata_dir / "tokenizer.model", model_cfg),
-        metadata_dir=metadata_dir,
-        mesh=mesh,
-    )
-    evalset = EvalSet.from_examples(read_jsonl(cfg.eval_file), prompts) if cfg.eval_file else None
+        if jax.process_index() == 0:  # the earlier run's export stays until ours is complete (finish)
+            for name in (n for n in replace if n != "export"):
+                shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        _sync("output_dir ready")
+        ckpts = RunCheckpoints(out / "checkpoints", cfg.keep_checkpoints)
+        latest = ckpts.latest_step() if resume else None  # a fresh run's directory has none (check_output_dir)
+        if latest is not None:
+            state, data_state = ckpts.restore(latest, ts.abstract_state, ts.state_shardings)
+            batches.restore(data_state)
+            logger.info("resumed from step %d (epoch %d, batch %d)", latest, batches.epoch, batches.batch)
+        else:
+            state = ts.init_state(params)
+        encoder = EmbeddingGemma(
+            nnx.merge(graphdef, frozen, state["params"]),
+            Tokenizer(ckpt.tokenizer_file, ckpt.config),
+            metadata_dir=ckpt.metadata_dir,
+            mesh=mesh,
+        )
+        log = MetricsLog(out, cfg.tensorboard)
+        return cls(cfg, out, mesh, ts, frozen, state, batches, collator, ckpts, log, encoder, evalset, total)
 
-    def run_eval(step: int) -> dict[str, float]:
-        if evalset is None:
+    # ------------------------------------------------------------------ the loop
+
+    def __post_init__(self) -> None:
+        self.step = int(self.state["step"])  # 0, or the restored step
+
+    def evaluate(self) -> dict[str, float]:
+        if self.evalset is None:
             return {}
-        encoder.params = nnx.state(nnx.merge(graphdef, frozen, state["params"]))
-        metrics = evaluate(encoder, evalset, cfg.matryoshka_dims, cfg.eval_batch_size)
-        log.write(step, metrics)
+        self.encoder.params = nnx.state(nnx.merge(self.ts.graphdef, self.frozen, self.state["params"]))
+        metrics = evaluate(self.encoder, self.evalset, self.cfg.matryoshka_dims, self.cfg.eval_batch_size)
+        self.log.write(self.step, metrics)
         return metrics
 
-    step = int(state["step"])
-    results: dict[str, Any] = {"eval_start": run_eval(step)} if step == 0 else {}
-    status = "completed"
-    with (
-        _sigterm_flag() as sigterm,
-        tqdm(total=total, initial=step, desc="train", unit="step", disable=jax.process_index() != 0) as bar,
-    ):
-        t0, examples, tokens = time.perf_counter(), 0, 0
-        while step < total:
-            host_batch = next(batches)
-            tokens += int(host_batch["q_valid"].sum() + host_batch["d_valid"].sum()) * jax.process_count()
-            examples += cfg.global_batch_size
-            batch = dict(zip(host_batch, sharding.host_local_batch(mesh, *host_batch.values()), strict=True))
-            state, metrics = ts(state, frozen, batch)
-            step += 1
-            loss = float(metrics["loss"])
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is step "
-                    f"{ckpts.latest_step()} in {ckpts.directory} (lower the learning rate or check the data)."
+    def check_finite(self) -> None:
+        """Fetch the losses not yet seen; stop at the first non-finite one, naming the last complete checkpoint."""
+        losses = jax.device_get([loss for _, loss in self.unchecked])
+        bad = next(
+            ((step, x) for (step, _), x in zip(self.unchecked, losses, strict=True) if not math.isfinite(x)), None
+        )
+        self.unchecked.clear()
+        if bad is not None:
+            self.ckpts.wait()  # an in-flight save is complete (or failed) before we name it
+            latest = self.ckpts.latest_step()
+            where = (
+                f"step {latest} in {self.ckpts.directory}" if latest is not None else "none (no checkpoint was saved)"
+            )
+            raise FloatingPointError(
+                f"non-finite loss ({bad[1]}) at step {bad[0]}; stopping before it is saved. The last good "
+                f"checkpoint is {where} (lower the learning rate or check the data)."
+            )
+
+    def _next_batch(self) -> tuple[dict[str, jax.Array], int]:
+        """This process's rows of the next global batch, placed on the mesh, and the global token count."""
+        host_batch = next(self.batches)
+        tokens = int(host_batch["q_valid"].sum() + host_batch["d_valid"].sum()) * jax.process_count()
+        placed = sharding.host_local_batch(self.mesh, *host_batch.values())
+        return dict(zip(host_batch, placed, strict=True)), tokens
+
+    def loop(self) -> Status:
+        """Train to `total` steps (or until SIGTERM); returns how it ended."""
+        cfg = self.cfg
+        profile = cfg.profile_steps
+        with (
+            _sigterm_flag() as sigterm,
+            tqdm(
+                total=self.total, initial=self.step, desc="train", unit="step", disable=jax.process_index() != 0
+            ) as bar,
+        ):
+            t0, examples, tokens = time.perf_counter(), 0, 0
+            while self.step < self.total:
+                if profile and self.step + 1 == profile[0]:
+                    jax.profiler.start_trace(str(self.out / "profile"))
+                with jax.profiler.StepTraceAnnotation("train", step_num=self.step + 1):
+                    batch, batch_tokens = self._next_batch()
+                    self.state, metrics = self.ts(self.state, self.frozen, batch)
+                self.step += 1
+                if profile and self.step == profile[1]:
+                    jax.block_until_ready(metrics)
+                    jax.profiler.stop_trace()
+                self.unchecked.append((self.step, metrics["loss"]))
+                tokens, examples = tokens + batch_tokens, examples + cfg.global_batch_size
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total:
+                    self.check_finite()
+                    dt = time.perf_counter() - t0
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    values |= {
+                        "examples_per_s": examples / dt,
+                        "tokens_per_s": tokens / dt,
+                        "epoch": self.batches.epoch,
+                    }
+                    values |= {f"truncated_{kind}": n for kind, n in self.collator.truncated.items()}
+                    self.log.write(self.step, values)
+                    bar.set_postfix(
+                        loss=f"{values['loss']:.4f}",
+                        ex_s=f"{values['examples_per_s']:.1f}",
+                        tok_s=f"{values['tokens_per_s']:.0f}",
+                    )
+                    t0, examples, tokens = time.perf_counter(), 0, 0
+                if sigterm["set"]:
+                    return "preempted"
+                if self.step % cfg.save_every == 0 or self.step == self.total:
+                    self.check_finite()
+                    self.ckpts.save(self.step, self.state, self.batches.state())
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
+                    self.check_finite()
+                    self.evaluate()
+        return "completed"
+
+    def finish(self, status: Status) -> dict[str, Any]:
+        """Save a preempted run, wait for checkpoints, then evaluate and export a completed one."""
+        if status == "preempted":
+            self.check_finite()
+            self.ckpts.save(self.step, self.state, self.batches.state())
+        self.ckpts.wait()
+        result: dict[str, Any] = {"status": status, "step": self.step}
+        if status == "completed":
+            result["eval_end"] = self.evaluate()
+            if self.cfg.export and jax.process_index() == 0:
+                full = nnx.state(nnx.merge(self.ts.graphdef, self.frozen, self.state["params"]))
+                result["export"] = str(
+                    hf.write(jax.device_get(full), self.encoder.metadata_dir, self.out / "export", replace=True)
                 )
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
-                dt = time.perf_counter() - t0
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                values |= {"examples_per_s": examples / dt, "tokens_per_s": tokens / dt, "epoch": batches.epoch}
-                values |= {f"truncated_{kind}": n for kind, n in collator.truncated.items()}
-                log.write(step, values)
-                bar.set_postfix(
-                    loss=f"{loss:.4f}", ex_s=f"{values['examples_per_s']:.1f}", tok_s=f"{values['tokens_per_s']:.0f}"
-                )
-                t0, examples, tokens = time.perf_counter(), 0, 0
-            if sigterm["set"]:
-                status = "preempted"
-                break
-            if step % cfg.save_every == 0 or step == total:
-                ckpts.save(step, state, batches.state())
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                run_eval(step)
-    if status == "preempted":
-        ckpts.save(step, state, batches.state())
-    ckpts.wait()
-    ckpts.close()
-    results |= {"status": status, "step": step}
-    if status == "completed":
-        results["eval_end"] = run_eval(step)
-        if cfg.export and jax.process_index() == 0:
-            results["export"] = str(_export(ts, frozen, state, metadata_dir, out / "export"))
-    return results
+        return result
 
 
-def _export(ts: TrainStep, frozen: nnx.State, state: dict[str, Any], metadata_dir: Path, dest: Path) -> Path:
-    """The trained model as a sentence-transformers directory (float32 parameters); replaces `dest`."""
-    full = nnx.state(nnx.merge(ts.graphdef, frozen, state["params"]))
-    if dest.exists():
-        shutil.rmtree(dest)
-    return checkpoint.save_hf(jax.device_get(full), metadata_dir, dest)
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune `cfg.model` on `cfg.train_file`; returns {"status", "step", "eval_start", "eval_end", "export"}.
+
+    `resume`: continue from the newest checkpoint in output_dir/checkpoints (starting fresh if there is
+    none). `overwrite`: replace an earlier run in output_dir (its checkpoints, metrics and, once this
+    run's is complete, its export); without it a run never deletes or replaces anything.
+    """
+    sharding.maybe_initialize_distributed()
+    replace = check_output_dir(cfg, resume=resume, overwrite=overwrite)
+    _sync("output_dir checked")  # before any process writes into it
+    run = Run.setup(cfg, resume=resume, replace=replace if not resume else [])
+    try:
+        result = {"eval_start": run.evaluate()} if run.step == 0 else {}
+        status = run.loop()
+        return result | run.finish(status)
+    finally:
+        run.ckpts.wait()
+        run.ckpts.close()

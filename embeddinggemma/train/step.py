@@ -43,15 +43,12 @@ def split_module(module: EmbeddingGemmaModule, freeze_embeddings: bool) -> tuple
 
 def training_module(cfg: TrainConfig, model_cfg: ModelConfig) -> EmbeddingGemmaModule:
     """The abstract module: float32 (param_dtype) master weights, compute in compute_dtype."""
-    return nnx.eval_shape(
-        lambda: EmbeddingGemmaModule(
-            model_cfg,
-            dtype=check_dtype(cfg.compute_dtype),
-            param_dtype=check_dtype(cfg.param_dtype),
-            rngs=nnx.Rngs(0),
-            remat=cfg.remat,
-            attention_impl=cfg.attention_impl,
-        )
+    return EmbeddingGemmaModule.abstract(
+        model_cfg,
+        dtype=check_dtype(cfg.compute_dtype),
+        param_dtype=check_dtype(cfg.param_dtype),
+        remat=cfg.remat,
+        attention_impl=cfg.attention_impl,
     )
 
 
@@ -79,8 +76,8 @@ def batch_loss(cfg: TrainConfig, q: jax.Array, d: jax.Array, batch: Batch) -> tu
     return loss, terms
 
 
-def _rows(batch: Batch) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """Query rows and document rows, each (n, T): the model sees a flat batch of sequences."""
+def _sequences(batch: Batch) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """(ids, valid) of the queries and of the documents, each (n, T): the model sees flat batches."""
     b, k1, td = batch["d_ids"].shape
     return (batch["q_ids"], batch["q_valid"]), (
         batch["d_ids"].reshape(b * k1, td),
@@ -133,7 +130,7 @@ def loss_and_grads(
     cfg: TrainConfig, embed: EmbedFn, params: nnx.State, batch: Batch
 ) -> tuple[jax.Array, dict[str, jax.Array], nnx.State]:
     """(loss, loss terms, d loss / d params), full batch or GradCache by `cfg.grad_cache_chunk`."""
-    (q_ids, q_valid), (d_ids, d_valid) = _rows(batch)
+    (q_ids, q_valid), (d_ids, d_valid) = _sequences(batch)
     b, k1 = batch["d_keys"].shape
 
     def loss_of(q: jax.Array, d: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -189,7 +186,7 @@ class TrainStep:
     `state` is {"step", "params", "opt_state"} and is donated. `abstract_state` / `abstract_frozen` carry
     shapes, dtypes and shardings: `fn.lower(abstract_state, abstract_frozen, abstract_batch(...))` under
     `jax.sharding.use_abstract_mesh(mesh.abstract_mesh)` compiles it for compile-only TPU devices
-    (scripts/aot_compile.py)."""
+    (embeddinggemma.aot)."""
 
     fn: Any
     mesh: jax.sharding.Mesh

@@ -1,0 +1,284 @@
+"""The sentence-transformers directory (the google/embeddinggemma-300m layout) <-> our parameters.
+
+`RULES` is the whole mapping, one line per kind of tensor: its key in the safetensors files, its path in
+our NNX state, and its layout. PyTorch stores a Linear weight as (out, in); we store (in..., out...) with
+the input side in the first `in_dims` dimensions (q/k/v_proj (D, N, H): 1; o_proj (N, H, D): 2). Loading
+and saving both read the same line, so adding a tensor is one line. The Dense modules' files hold a
+single `linear.weight` each; they appear here as `dense.{n}.linear.weight`.
+
+Loading streams tensors with `safe_open`, checks each against the module's skeleton, and places it
+directly on its target sharding; every missing, unexpected or mis-shaped tensor is reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import DTypeLike
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from embeddinggemma.config import CheckpointError, ModelConfig
+from embeddinggemma.files import atomic_dir
+from embeddinggemma.model import EmbeddingGemmaModule
+
+FORMAT = "sentence-transformers"
+# Files of an ST directory we carry along verbatim (the tensors are written from the parameters).
+METADATA_FILES = (
+    "config.json",
+    "modules.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+    "2_Dense/config.json",
+    "3_Dense/config.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "README.md",
+)
+REQUIRED_FILES = ("config.json", "modules.json", "tokenizer.model")
+ENCODER_FILE = "model.safetensors"
+
+ParamPath = tuple[str | int, ...]  # a leaf's path in the NNX state, e.g. ("layers", 0, "mlp", "up_proj")
+
+
+def _template_regex(template: str, fields: dict[str, str]) -> re.Pattern:
+    """ "layers.{i}.mlp.{proj}" -> a regex with one named group per field (patterns from `fields`)."""
+    parts = re.split(r"\{(\w+)(?::[^}]*)?\}", template)
+    regex = "".join(re.escape(p) if k % 2 == 0 else f"(?P<{p}>{fields[p]})" for k, p in enumerate(parts))
+    return re.compile(regex)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One kind of tensor. `hf` and `ours` are templates with the same fields; in `hf` a field may list
+    its alternatives (`{proj:gate_proj|up_proj}`), otherwise it is a number."""
+
+    hf: str
+    ours: str
+    in_dims: int = 0  # 0: same layout in both; else a Linear weight whose input side is our first in_dims dims
+
+    def __post_init__(self) -> None:
+        fields = {name: alt or r"\d+" for name, alt in re.findall(r"\{(\w+)(?::([^}]*))?\}", self.hf)}
+        object.__setattr__(self, "_hf_regex", _template_regex(self.hf, fields))
+        object.__setattr__(self, "_ours_regex", _template_regex(self.ours, fields))
+        object.__setattr__(self, "_hf_format", re.sub(r"\{(\w+):[^}]*\}", r"{\1}", self.hf))
+
+    def to_path(self, key: str) -> ParamPath | None:
+        """Our state path for an HF key, or None if this rule does not cover it."""
+        m = self._hf_regex.fullmatch(key)
+        return None if m is None else _path(self.ours.format(**m.groupdict()))
+
+    def to_key(self, path: ParamPath) -> str | None:
+        """The HF key of one of our paths, or None if this rule does not cover it."""
+        m = self._ours_regex.fullmatch(".".join(map(str, path)))
+        return None if m is None else self._hf_format.format(**m.groupdict())
+
+    def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the HF tensor has for our parameter of `shape`."""
+        if not self.in_dims:
+            return tuple(shape)
+        return math.prod(shape[self.in_dims :]), math.prod(shape[: self.in_dims])
+
+    def to_ours(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return x.T.reshape(shape) if self.in_dims else x
+
+    def to_hf(self, x: np.ndarray) -> np.ndarray:
+        if not self.in_dims:
+            return x
+        return np.ascontiguousarray(x.reshape(math.prod(x.shape[: self.in_dims]), -1).T)
+
+
+RULES = (
+    Rule("embed_tokens.weight", "embed_tokens"),
+    Rule("norm.weight", "norm.weight"),
+    Rule(
+        "layers.{i}.{norm:input_layernorm|post_attention_layernorm|pre_feedforward_layernorm|"
+        "post_feedforward_layernorm}.weight",
+        "layers.{i}.{norm}.weight",
+    ),
+    Rule("layers.{i}.self_attn.{norm:q_norm|k_norm}.weight", "layers.{i}.self_attn.{norm}.weight"),
+    Rule("layers.{i}.self_attn.{proj:q_proj|k_proj|v_proj}.weight", "layers.{i}.self_attn.{proj}", in_dims=1),
+    Rule("layers.{i}.self_attn.o_proj.weight", "layers.{i}.self_attn.o_proj", in_dims=2),
+    Rule("layers.{i}.mlp.{proj:gate_proj|up_proj|down_proj}.weight", "layers.{i}.mlp.{proj}", in_dims=1),
+    Rule("dense.{n}.linear.weight", "dense.{n}", in_dims=1),
+)
+DENSE_KEY = re.compile(r"dense\.(\d+)\.(.*)")  # our name for a key of the n-th Dense module's file
+
+
+def _path(dotted: str) -> ParamPath:
+    return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+
+
+def _rule_for_key(key: str) -> tuple[Rule, ParamPath] | None:
+    return next(((rule, path) for rule in RULES if (path := rule.to_path(key)) is not None), None)
+
+
+def _rule_for_path(path: ParamPath) -> tuple[Rule, str]:
+    found = next(((rule, key) for rule in RULES if (key := rule.to_key(path)) is not None), None)
+    if found is None:
+        raise KeyError(f"no checkpoint rule for parameter {'.'.join(map(str, path))}")
+    return found
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def _dense_dirs(root: Path) -> list[str]:
+    modules = json.loads((root / "modules.json").read_text())
+    return [m["path"] for m in modules if m["type"].endswith("Dense")]
+
+
+def _tensor_files(root: Path) -> Iterator[tuple[Path, str]]:
+    """(file, key prefix) pairs: encoder shards in the root, then one file per Dense module."""
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        yield from ((root / s, "") for s in shards)
+    else:
+        yield root / ENCODER_FILE, ""
+    for n, sub in enumerate(_dense_dirs(root)):
+        yield root / sub / ENCODER_FILE, f"dense.{n}."
+
+
+def _describe(root: Path, key: str) -> str:
+    """Where an HF key lives, for messages: the key itself, or the Dense module's file and key."""
+    m = DENSE_KEY.fullmatch(key)
+    return key if m is None else f"{m[2]} in {_dense_dirs(root)[int(m[1])]}/{ENCODER_FILE}"
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def read_config(root: Path) -> ModelConfig:
+    return ModelConfig.from_checkpoint_dir(root)
+
+
+def metadata_dir(root: Path) -> Path:
+    return root
+
+
+def _place(x: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """Put a host array on its sharding; each device (on every host) receives only its own slice."""
+    if sharding is None:
+        return jnp.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def read_params(
+    root: str | Path, cfg: ModelConfig, *, dtype: DTypeLike = jnp.float32, shardings: nnx.State | None = None
+) -> nnx.State:
+    """Read an HF / sentence-transformers directory into an NNX parameter state in `dtype`.
+
+    `shardings`, if given, is a state of `jax.sharding.Sharding` with the skeleton's structure; each
+    tensor goes straight to its sharding without a replicated copy on one device first.
+    """
+    root = Path(root)
+    for name in REQUIRED_FILES:
+        if not (root / name).is_file():
+            raise CheckpointError(f"{root}: missing {name}")
+    skeleton = nnx.state(EmbeddingGemmaModule.abstract(cfg, param_dtype=dtype))
+    expected = dict(skeleton.flat_state())
+    target = dict(shardings.flat_state()) if shardings is not None else {}
+    loaded: dict[ParamPath, jax.Array] = {}
+    errors: list[str] = []
+    for file, prefix in _tensor_files(root):
+        if not file.is_file():
+            errors.append(f"missing file {file}")
+            continue
+        try:
+            with safe_open(file, framework="numpy") as f:
+                for raw_key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    found = _rule_for_key(prefix + raw_key)
+                    if found is None or found[1] not in expected:
+                        errors.append(f"{file}: unexpected tensor {raw_key!r}")
+                        continue
+                    rule, path = found
+                    want = expected[path].shape
+                    got, hf_want = tuple(f.get_slice(raw_key).get_shape()), rule.hf_shape(want)
+                    if got != hf_want:
+                        errors.append(f"{file}: tensor {raw_key!r} has shape {got}, expected {hf_want}")
+                        continue
+                    x = rule.to_ours(f.get_tensor(raw_key), want)
+                    sharding = target.get(path)
+                    loaded[path] = _place(x.astype(expected[path].dtype), getattr(sharding, "value", sharding))
+        except (SafetensorError, OSError) as e:  # a truncated download, a file of another kind
+            raise CheckpointError(
+                f"{file}: not a readable safetensors file ({e}); if a download was interrupted, download it again"
+            ) from e
+    if not any(e.startswith("missing file") for e in errors):
+        errors += [
+            f"missing tensor for {'.'.join(map(str, path))} ({_describe(root, _rule_for_path(path)[1])})"
+            for path in expected
+            if path not in loaded
+        ]
+    if errors:
+        raise CheckpointError(f"cannot load {root}:\n  " + "\n  ".join(errors))
+    skeleton.replace_by_pure_dict(nest(loaded))
+    return skeleton
+
+
+def nest(flat: dict[ParamPath, Any]) -> dict:
+    """{("a", 0, "b"): x} -> {"a": {0: {"b": x}}}, the pure-dict form of an NNX state."""
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def tensors(state: nnx.State) -> dict[str, np.ndarray]:
+    """Our state -> {HF key: array} (Dense modules as `dense.{n}.linear.weight`), the inverse of reading."""
+    out = {}
+    for path, var in state.flat_state():
+        rule, key = _rule_for_path(path)
+        out[key] = rule.to_hf(np.asarray(jax.device_get(var.value if hasattr(var, "value") else var)))
+    return out
+
+
+def copy_metadata(src: Path, dst: Path) -> None:
+    for name in METADATA_FILES:
+        if (src / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dst / name)
+
+
+def write(state: nnx.State, metadata: str | Path, out_dir: str | Path, *, replace: bool = False) -> Path:
+    """Write a sentence-transformers directory (`SentenceTransformer(out_dir)` loads it), atomically.
+
+    `metadata` supplies the config, module and tokenizer files (an ST directory or the `hf/` folder
+    of a native checkpoint); the tensors come from `state`. `replace` swaps out an existing directory
+    once the new one is complete.
+    """
+    with atomic_dir(out_dir, replace=replace) as tmp:
+        copy_metadata(Path(metadata), tmp)
+        files: dict[Path, dict[str, np.ndarray]] = {}
+        dense_dirs = _dense_dirs(tmp)
+        for key, x in tensors(state).items():
+            m = DENSE_KEY.fullmatch(key)
+            file, name = (ENCODER_FILE, key) if m is None else (f"{dense_dirs[int(m[1])]}/{ENCODER_FILE}", m[2])
+            files.setdefault(tmp / file, {})[name] = x
+        for file, contents in files.items():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            save_file(contents, str(file), metadata={"format": "pt"})
+    return Path(out_dir)

@@ -1,0 +1,113 @@
+"""Writing outputs without losing data: atomic files and directories, and output paths checked up front.
+
+Every output is written under a temporary sibling name and renamed into place when complete, so an
+interrupted write never leaves something that looks finished. Temporary names are created with plain
+`open`/`mkdir`, so what lands follows the user's umask (tempfile's would be private, 0600/0700).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+class OutputError(ValueError):
+    """An output path would overwrite an input or another output, exists already, or cannot be written."""
+
+
+def _sibling(dest: Path, tag: str) -> Path:
+    return dest.parent / f".{dest.name}.{tag}-{secrets.token_hex(4)}"
+
+
+def write_atomic(dest: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through a temporary sibling (flushed to disk), then rename it over `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(dest, "partial")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory to fill; it becomes `dest` when the block completes.
+
+    An existing `dest` is an error unless `replace`; then it is swapped out only once the new directory
+    is complete, so a failed write leaves the old one intact.
+    """
+    dest = Path(dest)
+    if not replace:
+        check_new_dir(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(dest, "partial")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dest.exists():
+            old = _sibling(dest, "old")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_new_dir(dest: str | Path) -> None:
+    """An output directory must not exist yet: we never write into or over one a user has."""
+    if Path(dest).exists():
+        raise OutputError(f"{dest} already exists; choose a new output directory")
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file (through symlinks and hard links too)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(
+    outputs: dict[str, str | Path | None], inputs: Iterable[str | Path], *, overwrite: bool = False
+) -> None:
+    """Refuse, before any work starts, outputs that would destroy data or cannot be written.
+
+    `outputs` maps an option name (for the message) to a path or None (not requested). Each output
+    must differ from every input and from the other outputs, must not exist unless `overwrite`, and
+    its directory must be creatable and writable. Nothing is created here.
+    """
+    given = {name: Path(p) for name, p in outputs.items() if p is not None}
+    for name, out in given.items():
+        for src in map(Path, inputs):
+            if _same(out, src):
+                raise OutputError(f"{name} {out} is also an input; writing it would destroy the input")
+        for other, path in given.items():
+            if other < name and _same(out, path):
+                raise OutputError(f"{other} and {name} are the same file ({out})")
+        if out.is_dir():
+            raise OutputError(f"{name} {out} is a directory; give a file name such as {out / 'out.npy'}")
+        if out.exists() and not overwrite:
+            raise OutputError(f"{name} {out} already exists; pass --overwrite to replace it")
+        ancestor = out.parent  # the directory will be created when written: its nearest existing ancestor
+        while not ancestor.exists():  # must be a writable directory
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OutputError(f"cannot write {name} {out}: {ancestor} is not a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write {name} {out}: {ancestor} is not writable")
