@@ -148,6 +148,9 @@ class Run:
     step: int = dataclasses.field(init=False)
     unchecked: list[tuple[int, jax.Array]] = dataclasses.field(default_factory=list)  # (step, loss) not yet seen
 
+    def __post_init__(self) -> None:
+        self.step = int(self.state["step"])  # 0, or the restored step
+
     @classmethod
     def setup(cls, cfg: TrainConfig, *, resume: bool, replace: list[str]) -> Run:
         """Load the model onto the mesh, read the data, build the step, and restore or initialize the state.
@@ -200,9 +203,6 @@ class Run:
         return cls(cfg, out, mesh, ts, frozen, state, batches, collator, ckpts, log, encoder, evalset, total)
 
     # ------------------------------------------------------------------ the loop
-
-    def __post_init__(self) -> None:
-        self.step = int(self.state["step"])  # 0, or the restored step
 
     def evaluate(self) -> dict[str, float]:
         if self.evalset is None:
