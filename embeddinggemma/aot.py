@@ -50,7 +50,10 @@ def tpu_devices(topology: str) -> list:
     from jax.experimental import topologies
 
     os.environ["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"  # do not take libtpu's lock file: other jax processes may run
-    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+    try:
+        return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+    except jax.errors.JaxRuntimeError as e:
+        raise ValueError(f"TPU topology {topology!r}: {e}") from e
 
 
 # ----------------------------------------------------------------------------------------- FLOP counts
@@ -225,9 +228,20 @@ def default_mesh(kind: str, chips: int) -> str:
     return "fsdp=-1" if chips <= 16 else f"data=-1,fsdp={16}"
 
 
+STEPS = ("encode", "train")
+
+
+def _steps(value: str) -> list[str]:
+    steps = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown or not steps:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(STEPS)}, got {value!r}")
+    return steps
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", default="v5e:2x4", help="v5e:2x2 | v5e:2x4 | v5e:4x4 | v5e:16x16 | ...")
-    p.add_argument("--steps", default="encode,train", help="comma-separated: encode, train")
+    p.add_argument("--steps", type=_steps, default=list(STEPS), help="comma-separated: encode, train (default: both)")
     p.add_argument("--encode-batch", type=int, default=4096)
     p.add_argument("--train-batch", type=int, default=1024, help="(query, document) pairs per step")
     p.add_argument("--seq-len", type=int, default=512)
@@ -248,19 +262,17 @@ def run(args: argparse.Namespace) -> int:
     )
     print(HEADER, flush=True)
     reports = []
-    for kind in args.steps.split(","):
+    for kind in args.steps:
         spec = getattr(args, f"{kind}_mesh") or default_mesh(kind, len(devices))
         mesh = sharding.make_mesh(spec, devices)
         if kind == "encode":
             reports.append(compile_encode(cfg, mesh, args.encode_batch, args.seq_len, args.attention))
-        elif kind == "train":
+        else:
             reports.append(
                 compile_train(
                     cfg, mesh, args.train_batch, args.seq_len, args.attention, not args.no_remat, args.grad_cache
                 )
             )
-        else:
-            raise ValueError(f"unknown step {kind!r} in --steps; use encode, train")
         print(reports[-1].row(), flush=True)
     too_big = [r.name for r in reports if r.total > V5E_HBM_BYTES]
     if too_big:

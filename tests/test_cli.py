@@ -212,6 +212,30 @@ def test_bad_input_is_one_line(case: str, tiny_dir: Path, bad_files: Path, tmp_p
     assert (bad_files / "a_file").read_text() == "", "an existing file is intact"
 
 
+COMMAND_MISTAKES = {
+    "no such config": (["train", "--config", "nope"], 1, "nope: no such config file or bundled config"),
+    "config not JSON": (["train", "--config", "{root}/a_file.json"], 1, "a_file.json: invalid JSON"),
+    "unknown config key": (["train", "--config", "train_tiny", "--set", "bogus=1"], 1, "unknown TrainConfig keys"),
+    "override without key": (["train", "--config", "train_tiny", "--set", "=3"], 2, "expected KEY=VALUE"),
+    "unknown aot step": (["aot", "--steps", "encode,nope"], 2, "comma-separated list of encode, train"),
+    "bad topology": (["aot", "--topology", "v5e:nonsense", "--steps", "encode"], 1, "TPU topology 'v5e:nonsense'"),
+    "parity without a model": (["parity", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
+    "benchmark without a model": (["benchmark", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
+    "convert onto its source": (["convert", "{tiny}", "{tiny}"], 1, "already exists; choose a new output directory"),
+}
+
+
+@pytest.mark.parametrize("case", COMMAND_MISTAKES)
+def test_command_mistakes_are_one_line(case: str, tiny_dir: Path, bad_files: Path) -> None:
+    args, status, message = COMMAND_MISTAKES[case]
+    (bad_files / "a_file.json").write_text("{not json")
+    proc = run_cli(tiny_dir, *(a.format(root=bad_files, tiny=tiny_dir) for a in args), ok=False)
+    assert proc.returncode == status and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if status == 1:
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"embeddinggemma {args[0]}: error: ")
+
+
 def test_overwrite_replaces_an_existing_output(tiny_dir: Path, bad_files: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.npy"
     out.write_text("an earlier result")
