@@ -70,6 +70,7 @@ def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
 
 def _train_subprocess(cfg_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env["EMBEDDINGGEMMA_COMPILATION_CACHE"] = str(cfg_path.parent / "jax-cache")  # not the user's cache
     return subprocess.Popen(
         [sys.executable, "-m", "embeddinggemma.cli", "train", "--config", str(cfg_path), *extra],
         env=env,
