@@ -22,7 +22,8 @@ from embeddinggemma.config import ModelConfig
 from embeddinggemma.files import OutputError
 from embeddinggemma.parity import long_text
 from embeddinggemma.train import TrainConfig, loop, train
-from embeddinggemma.train.data import Collator, DataError, Example, Prompts, read_jsonl
+from embeddinggemma.train.data import Collator, Prompts
+from embeddinggemma.train.sources import DataError, Example, open_rows
 from tests.retrieval_data import write_split
 from tests.train_helpers import ROOT, final_state, tiny_run_config
 
@@ -40,7 +41,7 @@ def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
     earlier = tmp_path / "run" / "export"
     earlier.mkdir(parents=True)
     (earlier / "marker").write_text("an earlier fine-tune")
-    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run", profile_steps=[2, 3]))
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run", profile_steps=[4, 5]))
     with pytest.raises(OutputError, match=r"holds an earlier run \(export\): pass --resume .* --overwrite"):
         train(cfg)
     assert (earlier / "marker").read_text() == "an earlier fine-tune"
@@ -48,7 +49,7 @@ def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
     assert not (earlier / "marker").exists()
     (trace,) = (tmp_path / "run" / "profile").rglob("*.trace.json.gz")
     steps = [e for e in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"] if e.get("name") == "train"]
-    assert len(steps) == 2  # StepTraceAnnotation of steps 2 and 3
+    assert sorted(int(e["args"]["step_num"]) for e in steps) == [4, 5], steps  # StepTraceAnnotation per step
     (xplane,) = (tmp_path / "run" / "profile").rglob("*.xplane.pb")  # ops carry their named scopes
     assert all(scope in xplane.read_bytes() for scope in (b"layer_0/attention", b"layer_1/mlp", b"/head/"))
     before, after = result["eval_start"]["eval/48/ndcg@10"], result["eval_end"]["eval/48/ndcg@10"]
@@ -127,8 +128,8 @@ def test_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"query": "q", "positive": "p"}\n\n{"query": "q2"}\n{"query": 1, "positive": "p"}\nnot json\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:3: malformed example: 'positive' must be a string"):
-        read_jsonl(path)
-    assert len(read_jsonl(path, skip_malformed=True)) == 1
+        open_rows(path)
+    assert len(open_rows(path, skip_malformed=True)) == 1
 
 
 def test_truncation_is_warned_once_and_counted(tiny_dir, caplog):

@@ -14,7 +14,8 @@ from embeddinggemma.config import ModelConfig
 from embeddinggemma.parity import SHORT, long_text
 from embeddinggemma.train import step
 from embeddinggemma.train.config import TrainConfig
-from embeddinggemma.train.data import Collator, Example, Prompts
+from embeddinggemma.train.data import Collator, Prompts
+from embeddinggemma.train.sources import Example
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_DIMS = (48, 32, 16, 8)

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from embeddinggemma.attention import AttentionImpl
 from embeddinggemma.config import DTypeName
+from embeddinggemma.train.sources import Columns
 
 Schedule = Literal["linear", "cosine"]
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
@@ -25,9 +26,10 @@ SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 class TrainConfig:
     # What to train and where to write it.
     model: str  # sentence-transformers directory, native checkpoint or Hub id
-    train_file: str
+    train_file: str  # JSONL, Parquet (file, glob, directory), a saved `datasets` directory, a Hub id; paths or URLs
     output_dir: str
     eval_file: str | None = None
+    columns: dict[str, Any] | None = None  # {"query": ..., "positive": ..., "negatives": [...], "title": ...}
 
     # Data. Prompts default to the model's "query" / "document" prompts; a title replaces the latter.
     query_prompt: str | None = None
@@ -36,8 +38,10 @@ class TrainConfig:
     num_negatives: int = 0  # hard negatives per example (the first k; missing ones are masked out)
     max_query_length: int | None = None  # tokens incl. <bos>/<eos>; None: the model's max_seq_length
     max_doc_length: int | None = None
-    skip_malformed: bool = False  # False: a malformed line is an error naming file and line
+    skip_malformed: bool = False  # False: a malformed row is an error naming file and row
     seed: int = 0
+    prefetch: int = 4  # batches prepared ahead on background threads (0: on the training thread, in turn)
+    data_threads: int = 2  # threads reading and tokenizing rows
 
     # Loss (losses.py). scale = 1 / temperature.
     scale: float = 20.0
@@ -88,6 +92,10 @@ class TrainConfig:
             raise ValueError("matryoshka_weights must have one weight per matryoshka_dims entry")
         if self.num_negatives < 0 or self.scale <= 0:
             raise ValueError("num_negatives must be >= 0 and scale > 0")
+        if self.columns is not None:
+            Columns.from_config(self.columns)
+        if self.prefetch < 0 or self.data_threads < 1:
+            raise ValueError("prefetch must be >= 0 and data_threads >= 1")
         if self.profile_steps is not None and not (
             len(self.profile_steps) == 2 and 1 <= self.profile_steps[0] <= self.profile_steps[1]
         ):

@@ -1,19 +1,21 @@
 """Information-retrieval metrics on an eval set, at every Matryoshka dimension.
 
-The eval file has the training format: each line's query is relevant to its positive; the corpus is
-every distinct positive and negative (as prompted text). nDCG@10 uses binary relevance.
+The eval input has the training format (any source of train/sources.py): each row's query is relevant
+to its positive; the corpus is every distinct positive and negative (as prompted text). nDCG@10 uses
+binary relevance.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from embeddinggemma import vectors
 from embeddinggemma.encoder import EmbeddingGemma
-from embeddinggemma.train.data import Example, Prompts
+from embeddinggemma.train.data import Prompts
+from embeddinggemma.train.sources import Example
 
 RECALL_AT = (1, 10, 100)
 
@@ -25,7 +27,7 @@ class EvalSet:
     relevant: list[set[int]]  # corpus indices relevant to each query
 
     @classmethod
-    def from_examples(cls, examples: Sequence[Example], prompts: Prompts) -> EvalSet:
+    def from_examples(cls, examples: Iterable[Example], prompts: Prompts) -> EvalSet:
         corpus: dict[str, int] = {}
         relevant: dict[str, set[int]] = {}
         for ex in examples:

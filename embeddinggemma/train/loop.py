@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jax
+import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -41,8 +42,9 @@ from embeddinggemma.files import OutputError
 from embeddinggemma.tokenizer import Tokenizer
 from embeddinggemma.train.checkpointing import RunCheckpoints
 from embeddinggemma.train.config import TrainConfig
-from embeddinggemma.train.data import BatchIterator, Collator, Prompts, read_jsonl
+from embeddinggemma.train.data import Batches, Collator, Prompts
 from embeddinggemma.train.evaluate import EvalSet, evaluate
+from embeddinggemma.train.sources import Columns, examples, open_rows
 from embeddinggemma.train.step import TrainStep, build_train_step, split_module, training_module
 
 logger = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ class Run:
     ts: TrainStep
     frozen: nnx.State
     state: dict[str, Any]
-    batches: BatchIterator
+    batches: Batches
     collator: Collator
     ckpts: RunCheckpoints
     log: MetricsLog
@@ -172,10 +174,10 @@ class Run:
             max_doc_length=cfg.max_doc_length,
             mask_false_negatives=cfg.mask_false_negatives,
         )
-        batches = BatchIterator(
-            read_jsonl(cfg.train_file, skip_malformed=cfg.skip_malformed), collator, cfg.global_batch_size, cfg.seed
-        )
-        evalset = EvalSet.from_examples(read_jsonl(cfg.eval_file), prompts) if cfg.eval_file else None
+        columns = Columns.from_config(cfg.columns) if cfg.columns else None
+        rows = open_rows(cfg.train_file, columns, skip_malformed=cfg.skip_malformed)
+        batches = Batches(rows, collator, cfg.global_batch_size, cfg.seed)
+        evalset = EvalSet.from_examples(examples(open_rows(cfg.eval_file, columns)), prompts) if cfg.eval_file else None
         total = _total_steps(cfg, batches.steps_per_epoch)
         ts = build_train_step(cfg, ckpt.config, mesh, total)
 
@@ -189,8 +191,8 @@ class Run:
         latest = ckpts.latest_step() if resume else None  # a fresh run's directory has none (check_output_dir)
         if latest is not None:
             state, data_state = ckpts.restore(latest, ts.abstract_state, ts.state_shardings)
-            batches.restore(data_state)
-            logger.info("resumed from step %d (epoch %d, batch %d)", latest, batches.epoch, batches.batch)
+            batches.check_resume(data_state, latest)
+            logger.info("resumed from step %d (epoch %.2f)", latest, batches.epoch(latest))
         else:
             state = ts.init_state(params)
         encoder = EmbeddingGemma(
@@ -230,9 +232,8 @@ class Run:
                 f"checkpoint is {where} (lower the learning rate or check the data)."
             )
 
-    def _next_batch(self) -> tuple[dict[str, jax.Array], int]:
-        """This process's rows of the next global batch, placed on the mesh, and the global token count."""
-        host_batch = next(self.batches)
+    def _place(self, host_batch: dict[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
+        """This process's rows of a global batch placed on the mesh, and the global token count."""
         tokens = int(host_batch["q_valid"].sum() + host_batch["d_valid"].sum()) * jax.process_count()
         placed = sharding.host_local_batch(self.mesh, *host_batch.values())
         return dict(zip(host_batch, placed, strict=True)), tokens
@@ -241,6 +242,10 @@ class Run:
         """Train to `total` steps (or until SIGTERM); returns how it ended."""
         cfg = self.cfg
         profile = cfg.profile_steps
+        # read, tokenize, pad and place on background threads, `prefetch` batches ahead of the device
+        batches = self.batches.iterate(
+            self.step, self.total, prefetch=cfg.prefetch, threads=cfg.data_threads, then=self._place
+        )
         with (
             _sigterm_flag() as sigterm,
             tqdm(
@@ -252,7 +257,7 @@ class Run:
                 if profile and self.step + 1 == profile[0]:
                     jax.profiler.start_trace(str(self.out / "profile"))
                 with jax.profiler.StepTraceAnnotation("train", step_num=self.step + 1):
-                    batch, batch_tokens = self._next_batch()
+                    batch, batch_tokens = next(batches)
                     self.state, metrics = self.ts(self.state, self.frozen, batch)
                 self.step += 1
                 if profile and self.step == profile[1]:
@@ -268,7 +273,7 @@ class Run:
                     values |= {
                         "examples_per_s": examples / dt,
                         "tokens_per_s": tokens / dt,
-                        "epoch": self.batches.epoch,
+                        "epoch": self.batches.epoch(self.step),
                     }
                     values |= {f"truncated_{kind}": n for kind, n in self.collator.truncated.items()}
                     self.log.write(self.step, values)
@@ -282,7 +287,7 @@ class Run:
                     return "preempted"
                 if self.step % cfg.save_every == 0 or self.step == self.total:
                     self.check_finite()
-                    self.ckpts.save(self.step, self.state, self.batches.state())
+                    self.ckpts.save(self.step, self.state, self.batches.state(self.step))
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
                     self.check_finite()
                     self.evaluate()
@@ -292,7 +297,7 @@ class Run:
         """Save a preempted run, wait for checkpoints, then evaluate and export a completed one."""
         if status == "preempted":
             self.check_finite()
-            self.ckpts.save(self.step, self.state, self.batches.state())
+            self.ckpts.save(self.step, self.state, self.batches.state(self.step))
         self.ckpts.wait()
         result: dict[str, Any] = {"status": status, "step": self.step}
         if status == "completed":
