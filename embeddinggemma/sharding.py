@@ -230,9 +230,10 @@ def host_local_batch(mesh: str | Mesh, *arrays: np.ndarray) -> tuple[jax.Array, 
     return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
 
 
-def process_max(name: str, value: int, *, timeout_s: int = 600) -> int:
+def process_max(name: str, value: int, *, forget: str | None = None, timeout_s: int = 600) -> int:
     """The max of `value` over all processes (a no-op with one), exchanged through the coordination
     service's key-value store under `name`, which must be unique per exchange (e.g. contain the step).
+    `forget` names an earlier exchange every process has finished, whose key this process deletes.
 
     Host-side on purpose: `multihost_utils.process_allgather` runs on the devices, so it would wait
     behind the train step in flight, and issued from data-loading threads in different orders on
@@ -243,6 +244,8 @@ def process_max(name: str, value: int, *, timeout_s: int = 600) -> int:
     from jax._src import distributed  # the client of jax.distributed.initialize(); no public accessor
 
     client = distributed.global_state.client
+    if forget is not None:
+        client.key_value_delete(f"embeddinggemma/{forget}/{jax.process_index()}")
     client.key_value_set(f"embeddinggemma/{name}/{jax.process_index()}", str(value))
     return max(
         int(client.blocking_key_value_get(f"embeddinggemma/{name}/{p}", timeout_s * 1000))

@@ -10,6 +10,13 @@ import pytest
 from tests.tiny_checkpoint import build_tiny_checkpoint
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Converted data and compiled programs go to the test run's own directories (subprocesses inherit them)."""
+    for var, name in (("EMBEDDINGGEMMA_DATA_CACHE", "data-cache"), ("HF_DATASETS_CACHE", "hf-datasets-cache")):
+        os.environ[var] = str(tmp_path_factory.mktemp(name))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-embeddinggemma")

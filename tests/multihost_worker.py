@@ -1,5 +1,6 @@
 """One process of tests/test_multihost.py: joins a 2-process JAX job on CPU (4 devices each), encodes
-with a mesh over all 8 devices, then fine-tunes, each process feeding only its half of every batch.
+with a mesh over all 8 devices, then fine-tunes, each process feeding only its half of every batch; then
+drops the last checkpoint (as if preempted after the one before) and resumes from the one before.
 
     python -m tests.multihost_worker TINY_DIR TRAIN_CONFIG_JSON OUT_DIR
 """
@@ -7,6 +8,7 @@ with a mesh over all 8 devices, then fine-tunes, each process feeding only its h
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,16 +22,25 @@ MESH = "data=2,fsdp=4"
 
 def main(tiny_dir: str, train_config: str, out_dir: str) -> None:
     from embeddinggemma import EmbeddingGemma, sharding
+    from embeddinggemma.cli import enable_compilation_cache
     from embeddinggemma.train import TrainConfig, train
 
     sharding.maybe_initialize_distributed()
     import jax
+    from jax.experimental import multihost_utils
 
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
     out = Path(out_dir)
+    enable_compilation_cache(out / f"jax-cache{jax.process_index()}")  # the resumed run compiles nothing
     emb = EmbeddingGemma.from_pretrained(tiny_dir, mesh=MESH).encode(TEXTS)
     np.save(out / f"embeddings{jax.process_index()}.npy", emb)
-    result = train(TrainConfig.from_dict(json.loads(Path(train_config).read_text())))
+    cfg = TrainConfig.from_dict(json.loads(Path(train_config).read_text()))
+    train(cfg)
+    multihost_utils.sync_global_devices("trained")
+    if jax.process_index() == 0:
+        shutil.rmtree(Path(cfg.output_dir) / "checkpoints" / str(cfg.steps))
+    multihost_utils.sync_global_devices("last checkpoint dropped")
+    result = train(cfg, resume=True)
     (out / f"result{jax.process_index()}.json").write_text(json.dumps(result))
 
 

@@ -20,7 +20,7 @@ from embeddinggemma import EmbeddingGemma
 from embeddinggemma.train import TrainConfig, train
 from tests.multihost_worker import MESH, TEXTS
 from tests.retrieval_data import write_split
-from tests.train_helpers import ROOT, final_state, tiny_run_config
+from tests.train_helpers import ROOT, as_parquet, final_state, tiny_run_config
 
 
 def _free_port() -> int:
@@ -34,7 +34,9 @@ def _train_config(tiny_dir: Path, data: tuple[Path, Path], out: Path) -> dict:
 
 
 def test_two_processes_match_one(tiny_dir, tmp_path):
-    data = write_split(tmp_path / "data")
+    """Trained from Parquet, and resumed (in the two processes) from step 2's checkpoint."""
+    train_file, eval_file = write_split(tmp_path / "data")
+    data = (as_parquet(train_file), eval_file)
     cfg_path = tmp_path / "multi.json"
     cfg_path.write_text(json.dumps(_train_config(tiny_dir, data, tmp_path / "multi")))
     port = _free_port()
@@ -62,7 +64,9 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
 
     reference = train(TrainConfig.from_dict(_train_config(tiny_dir, data, tmp_path / "single")))
     assert reference["status"] == "completed"
-    assert [json.loads((tmp_path / f"result{pid}.json").read_text())["step"] for pid in range(2)] == [4, 4]
+    results = [json.loads((tmp_path / f"result{pid}.json").read_text()) for pid in range(2)]
+    assert [r["step"] for r in results] == [4, 4]
+    assert not any("eval_start" in r for r in results)  # the second run resumed (a fresh one evaluates first)
     step_single, ref = final_state(tmp_path / "single")
     step_multi, multi = final_state(tmp_path / "multi", like=ref)
     assert step_multi == step_single == 4 and int(multi["step"]) == 4

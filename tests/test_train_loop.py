@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from embeddinggemma.train import TrainConfig, loop, train
 from embeddinggemma.train.data import Collator, Prompts
 from embeddinggemma.train.sources import DataError, Example, open_rows
 from tests.retrieval_data import write_split
-from tests.train_helpers import ROOT, final_state, tiny_run_config
+from tests.train_helpers import ROOT, as_parquet, final_state, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,9 @@ def _train_subprocess(cfg_path: Path, *extra: str) -> subprocess.Popen:
 
 
 def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
+    """From Parquet input (the data position is format-independent: tests/test_train_data.py)."""
     overrides = {"steps": 200, "save_every": 1000, "eval_file": None, "export": False, "log_every": 1}
+    overrides |= {"train_file": str(as_parquet(data[0]))}
     overrides |= {"grad_cache_chunk": None}  # one compile fewer per process
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(tiny_run_config(tiny_dir, data, tmp_path / "interrupted", **overrides)))
@@ -159,6 +162,23 @@ def test_output_dir_of_an_earlier_run_is_never_replaced_silently(tiny_dir, data,
         train(cfg, resume=True)
     assert sorted(p.name for p in out.iterdir()) == ["export", "metrics.jsonl"]
     assert (out / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_nan_learning_rate_stops_with_the_last_good_checkpoint_intact(tiny_dir, data, tmp_path):
+    """A learning rate of 1e30 (reached after 2 warmup steps) diverges: the run stops with a clear error at
+    the first log step after it, the checkpoints before it restore, and nothing is exported."""
+    overrides = {"learning_rate": 1e30, "warmup_steps": 2, "schedule": "linear", "steps": 10, "save_every": 1}
+    overrides |= {"log_every": 1, "eval_file": None, "grad_cache_chunk": None}
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run", **overrides))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \((nan|inf)\) at step (\d+)") as error:
+        train(cfg)
+    bad = int(re.search(r"at step (\d+)", str(error.value))[1])
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert 2 <= bad <= 10 and saved == list(range(1, bad))
+    assert f"checkpoint is step {bad - 1} in" in str(error.value)
+    step, state = final_state(tmp_path / "run")
+    assert step == bad - 1 and int(state["step"]) == bad - 1
+    assert not (tmp_path / "run" / "export").exists()
 
 
 class _LossBecomesNaN:

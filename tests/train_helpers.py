@@ -82,6 +82,17 @@ def tiny_run_config(tiny_dir: Path, data: tuple[Path, Path], out: Path, **overri
     }
 
 
+def as_parquet(jsonl: Path) -> Path:
+    """The rows of a JSONL file in our schema as Parquet (negatives a list column), beside it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    path = jsonl.with_suffix(".parquet")
+    pq.write_table(pa.table({key: [r[key] for r in rows] for key in ("query", "positive", "negatives")}), path)
+    return path
+
+
 def final_state(out: Path, like: Any = None) -> tuple[int, dict[str, Any]]:
     """(step, state) of the newest checkpoint of a run. `like` gives the target tree, needed to read a
     checkpoint written by a different process topology; it is placed on this process's first device."""

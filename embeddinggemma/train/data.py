@@ -11,6 +11,7 @@ between processes), coarser than the encoder's (`batching.TRAIN_BUCKETS_PER_OCTA
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import zlib
@@ -29,6 +30,8 @@ from embeddinggemma.train.sources import DataError, Example, Rows
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+_COLLATORS = itertools.count()
+KEEP_EXCHANGES = 1024  # batches whose length exchange stays in the coordination service's store
 ORDER = "grain-index-shuffle-v1"  # how rows are ordered; a checkpoint from another ordering cannot resume
 
 
@@ -84,6 +87,7 @@ class Collator:
         self.mask_false_negatives = mask_false_negatives
         self.truncated = {"queries": 0, "documents": 0}  # texts cut to max_*_length on this host so far
         self._lock = threading.Lock()  # collation runs on grain's reader threads
+        self.instance = next(_COLLATORS)  # every process makes its collators in the same order
 
     def documents(self, ex: Example) -> list[str]:
         """Positive then exactly k negatives; a missing negative repeats the positive (masked by key)."""
@@ -98,8 +102,8 @@ class Collator:
         docs = [self.documents(ex) for ex in examples]
         q_ids = self._encode("queries", self.q_tok, queries)
         d_ids = self._encode("documents", self.d_tok, [t for row in docs for t in row])
-        q_len = self._length(q_ids, self.q_len, f"batch{step}/queries")
-        d_len = self._length(d_ids, self.d_len, f"batch{step}/documents")
+        q_len = self._length(q_ids, self.q_len, step, "queries")
+        d_len = self._length(d_ids, self.d_len, step, "documents")
         q_tokens, q_valid = batching.pad(q_ids, length=q_len, pad_id=self.pad_id)
         d_tokens, d_valid = batching.pad(d_ids, length=d_len, pad_id=self.pad_id)
         b, k1 = len(examples), 1 + self.k
@@ -134,10 +138,11 @@ class Collator:
             self.truncated[kind] += truncated
         return ids
 
-    @staticmethod
-    def _length(ids: list[list[int]], max_len: int, name: str) -> int:
+    def _length(self, ids: list[list[int]], max_len: int, step: int, kind: str) -> int:
         """The padded length of this global batch: the bucket of its longest sequence on any process."""
-        longest = sharding.process_max(name, max(map(len, ids)))
+        name = lambda s: f"collator{self.instance}/batch{s}/{kind}"  # noqa: E731 (the same on every process)
+        forget = name(step - KEEP_EXCHANGES) if step >= KEEP_EXCHANGES else None  # far behind any prefetch
+        longest = sharding.process_max(name(step), max(map(len, ids)), forget=forget)
         return batching.bucket_length(longest, max_len, batching.TRAIN_BUCKETS_PER_OCTAVE)
 
 

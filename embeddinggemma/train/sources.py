@@ -1,14 +1,16 @@
-"""Training and evaluation rows with random access, from JSONL, Parquet, `datasets` directories or the Hub.
+"""Training and evaluation rows with random access, from JSONL, Parquet, saved `datasets` or the Hub.
 
 `open_rows(spec)` returns a `Rows`: `len(rows)` and `rows[i] -> Example`, which grain's index shuffle and
 per-process sharding read directly, so memory does not grow with the dataset:
-* a local `.jsonl` file: one validating pass records each valid line's byte offset (8 bytes a row);
-  rows are read back by seeking. No dependency beyond the standard library.
-* Parquet (a file, a glob, or a directory of shards), a directory written by `Dataset.save_to_disk` /
-  `DatasetDict.save_to_disk` (`DIR` or `DIR:split`), a Hub dataset id (`owner/name` or `owner/name:split`),
-  and any of these (or JSONL) at an fsspec URL (`gs://...`, `file://...`, `memory://...`): read with
-  Hugging Face `datasets` (the `data` extra), which keeps an Arrow copy memory-mapped; validation is
-  vectorized over the Arrow columns.
+* JSONL: one validating pass records each valid line's byte offset and length (16 bytes a row); rows are
+  read back with `os.pread`. Needs nothing beyond the standard library.
+* Parquet (a file, a glob, or a directory of shards): converted once, streaming, to an uncompressed Arrow
+  file in the data cache (`cache_dir()`), which is memory-mapped: converting holds about one row group,
+  reading a row touches only its pages. Needs pyarrow (the `data` extra).
+* A directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (`DIR` or `DIR:split`) and a Hub
+  dataset id (`owner/name` or `owner/name:split`): Hugging Face `datasets` (the `data` extra), memory-mapped.
+Any of these may be an fsspec URL (`gs://...` with gcsfs, `file://...`, `memory://...`); a remote JSONL file
+is copied to the data cache first.
 
 Columns follow sentence-transformers' convention: the first column is the query (anchor), the second the
 positive, every further column a hard negative, whatever their names. Files in our own JSONL schema
@@ -19,12 +21,14 @@ JSON) is an error naming the file and row, or, with `skip_malformed`, skipped an
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +37,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 OUR_SCHEMA = ("query", "positive", "negatives", "title")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -132,7 +137,7 @@ class JsonlRows:
     def __init__(self, path: str | Path, columns: Columns | None = None, *, skip_malformed: bool = False):
         self.name = str(path)
         self.columns = columns
-        spans, skipped = [], 0
+        starts, lengths, skipped = array.array("q"), array.array("q"), 0  # 16 bytes a row, nothing more
         with open(path, "rb") as f:
             offset = 0
             for lineno, raw in enumerate(f, 1):
@@ -148,11 +153,12 @@ class JsonlRows:
                     _malformed(self.name, str(lineno), str(e), skip_malformed)
                     skipped += 1
                     continue
-                spans.append((start, len(raw)))
+                starts.append(start)
+                lengths.append(len(raw))
         _report_skipped(self.name, skipped)
-        if not spans:
+        if not starts:
             raise DataError(f"{self.name}: no examples")
-        self.spans = np.asarray(spans, np.int64)  # (offset, length) of each valid line
+        self.starts, self.lengths = np.frombuffer(starts, np.int64), np.frombuffer(lengths, np.int64)
         self._fd = os.open(path, os.O_RDONLY)  # kept open for random access; closed with the process
 
     def _example(self, obj: dict[str, Any]) -> Example:
@@ -163,11 +169,11 @@ class JsonlRows:
         return self.columns.example(obj)
 
     def __len__(self) -> int:
-        return len(self.spans)
+        return len(self.starts)
 
     def __getitem__(self, index: int) -> Example:
-        offset, length = self.spans[index]
-        return self._example(_json_object(os.pread(self._fd, int(length), int(offset))))
+        raw = os.pread(self._fd, int(self.lengths[index]), int(self.starts[index]))
+        return self._example(_json_object(raw))
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -178,77 +184,116 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 class ArrowRows:
-    """A Hugging Face `datasets.Dataset` (memory-mapped Arrow) as rows, validated column-wise."""
+    """An Arrow table (memory-mapped) as rows, validated column by column."""
 
-    def __init__(self, dataset: Any, name: str, columns: Columns | None = None, *, skip_malformed: bool = False):
+    def __init__(self, table: Any, name: str, columns: Columns | None = None, *, skip_malformed: bool = False):
         import pyarrow as pa
         import pyarrow.compute as pc
 
         self.name = name
-        self.columns = columns or Columns.infer(dataset.column_names, name)
-        missing = [c for c in self.columns.names if c not in dataset.column_names]
+        self.columns = columns or Columns.infer(table.column_names, name)
+        missing = [c for c in self.columns.names if c not in table.column_names]
         if missing:
-            raise DataError(f"{name}: no column {missing[0]!r}; the columns are {dataset.column_names}")
-        table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
-        bad = np.zeros(len(dataset), bool)
+            raise DataError(f"{name}: no column {missing[0]!r}; the columns are {table.column_names}")
+        bad = np.zeros(table.num_rows, bool)
         reasons: dict[str, np.ndarray] = {}
         for key in self.columns.names:
-            column, kind = table.column(key), table.schema.field(key).type
-            required = key in (self.columns.query, self.columns.positive)
+            kind = table.schema.field(key).type
             is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
             is_list = (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_string(kind.value_type)
             if not (is_text or (is_list and key in self.columns.negatives)):
                 raise DataError(f"{name}: column {key!r} has type {kind}; expected strings")
-            if required:
-                nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
-                reasons[f"{key!r} must be a string"] = nulls
+            if key in (self.columns.query, self.columns.positive):
+                reasons[f"{key!r} must be a string"] = nulls = pc.is_null(table.column(key)).to_numpy(False)
                 bad |= nulls
         if bad.any():
             first = int(np.argmax(bad))
             reason = next(r for r, rows in reasons.items() if rows[first])
             _malformed(name, f"row {first}", reason, skip_malformed)
             _report_skipped(name, int(bad.sum()))
-        self.valid = None if not bad.any() else np.flatnonzero(~bad)
-        self.dataset = dataset.select_columns(list(self.columns.names))
+        self.valid = np.flatnonzero(~bad) if bad.any() else None
+        self.table = table.select(list(self.columns.names))
         if len(self) == 0:
             raise DataError(f"{name}: no examples")
 
     def __len__(self) -> int:
-        return len(self.dataset) if self.valid is None else len(self.valid)
+        return self.table.num_rows if self.valid is None else len(self.valid)
 
     def __getitem__(self, index: int) -> Example:
-        row = self.dataset[int(index if self.valid is None else self.valid[index])]
-        return self.columns.example(row)
+        row = int(index if self.valid is None else self.valid[index])
+        return self.columns.example(self.table.slice(row, 1).to_pylist()[0])
 
 
-def _load_dataset(spec: str) -> tuple[Any, str]:
-    """A `datasets.Dataset` for a spec that is not a local JSONL file, and its name for messages."""
+def cache_dir() -> Path:
+    """Where converted inputs are kept: $EMBEDDINGGEMMA_DATA_CACHE, else ~/.cache/embeddinggemma/data."""
+    if os.environ.get("EMBEDDINGGEMMA_DATA_CACHE"):
+        return Path(os.environ["EMBEDDINGGEMMA_DATA_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embeddinggemma" / "data"
+
+
+def _cached(fs: Any, paths: list[str], suffix: str, convert: Callable[[Path], None]) -> Path:
+    """The cache file made by `convert(tmp)` for these inputs, made once: keyed by each input's name, size
+    and modification time (fsspec's ukey), written under a temporary name and renamed when complete."""
+    key = hashlib.sha256(json.dumps([[p, fs.ukey(p)] for p in paths]).encode()).hexdigest()[:32]
+    dest = cache_dir() / f"{key}{suffix}"
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+        try:
+            convert(tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _parquet_table(fs: Any, paths: list[str], name: str) -> Any:
+    """Parquet files as one memory-mapped Arrow table. Converted once, streaming (memory is about one row
+    group, whatever the dataset's size), to an uncompressed Arrow file that random access can read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def convert(tmp: Path) -> None:
+        schema = None
+        with pa.OSFile(str(tmp), "wb") as sink:
+            writer = None
+            for path in paths:
+                with fs.open(path, "rb") as f:
+                    source = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
+                    if schema is None:
+                        schema = source.schema_arrow
+                        writer = pa.ipc.new_file(sink, schema)
+                    elif not source.schema_arrow.equals(schema):
+                        raise DataError(f"{path}: columns {source.schema_arrow.names} differ from {paths[0]}'s")
+                    for batch in source.iter_batches(batch_size=8192):
+                        writer.write_batch(batch)
+            writer.close()
+
+    try:
+        arrow = _cached(fs, paths, ".arrow", convert)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataError(f"{name}: cannot read Parquet ({e})") from e
+    return pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
+
+
+def _dataset_table(spec: str) -> tuple[Any, str]:
+    """A saved `datasets` directory (`DIR`, `DIR:split`) or a Hub dataset id, as an Arrow table."""
     try:
         import datasets
     except ImportError as e:
         raise ImportError(f"reading {spec} needs Hugging Face datasets: pip install 'embeddinggemma-jax[data]'") from e
     path, _, split = spec.rpartition(":") if _split_suffix(spec) else (spec, "", "")
-    local = Path(path)
     if _is_saved(path):
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.DatasetDict):
             if not split:
                 raise DataError(f"{path} holds splits {sorted(loaded)}: name one as {path}:SPLIT")
             loaded = loaded[split]
-        return loaded, spec
-    if local.is_dir():
-        files = sorted(str(p) for p in local.glob("*.parquet"))
-        if not files:
-            raise DataError(f"{path}: a directory with neither .parquet files nor a saved dataset")
-        return datasets.load_dataset("parquet", data_files=files, split="train"), spec
-    suffix = path.split("?")[0].lower()
-    if suffix.endswith(".parquet") or "*" in suffix:
-        return datasets.load_dataset("parquet", data_files=path, split="train"), spec
-    if suffix.endswith((".jsonl", ".json", ".ndjson")):
-        return datasets.load_dataset("json", data_files=path, split="train"), spec
-    if HUB_ID.fullmatch(path) and not local.exists():
-        return datasets.load_dataset(path, split=split or "train"), spec
-    raise DataError(f"{spec}: not a JSONL or Parquet file, a saved dataset, or a Hub dataset id")
+    else:
+        loaded = datasets.load_dataset(path, split=split or "train")
+    if loaded._indices is not None:  # saved after select/shuffle: write the rows in order once
+        loaded = loaded.flatten_indices()
+    return loaded.data.table
 
 
 def _split_suffix(spec: str) -> bool:
@@ -259,22 +304,48 @@ def _split_suffix(spec: str) -> bool:
 
 def _is_saved(path: str) -> bool:
     """A directory written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk` (local or a URL)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = _filesystem(path)
     return fs.isfile(f"{root}/state.json") or fs.isfile(f"{root}/dataset_dict.json")
+
+
+def _filesystem(spec: str) -> tuple[Any, str]:
+    try:
+        import fsspec
+    except ImportError as e:
+        raise ImportError(f"reading {spec} needs fsspec: pip install 'embeddinggemma-jax[data]'") from e
+    return fsspec.core.url_to_fs(spec)
 
 
 def open_rows(spec: str | Path, columns: Columns | None = None, *, skip_malformed: bool = False) -> Rows:
     """The rows of an input given as a path, glob, URL, `DIR:split` or Hub id (see the module docstring)."""
     spec = str(spec)
     path = Path(spec.removeprefix("file://"))
-    if path.suffix.lower() in (".jsonl", ".ndjson") and "://" not in spec.replace("file://", ""):
+    if path.suffix.lower() in JSONL_SUFFIXES and "://" not in spec.removeprefix("file://"):
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         return JsonlRows(path, columns, skip_malformed=skip_malformed)
-    dataset, name = _load_dataset(spec)
-    return ArrowRows(dataset, name, columns, skip_malformed=skip_malformed)
+    local_spec = spec.split(":")[0] if _split_suffix(spec) else spec
+    if HUB_ID.fullmatch(local_spec) and not Path(local_spec).exists():
+        return ArrowRows(_dataset_table(spec), spec, columns, skip_malformed=skip_malformed)
+    fs, root = _filesystem(spec if not _split_suffix(spec) else local_spec)
+    if _is_saved(local_spec):
+        return ArrowRows(_dataset_table(spec), spec, columns, skip_malformed=skip_malformed)
+    if root.lower().endswith(JSONL_SUFFIXES):  # a JSONL file at a URL: a local copy, then as above
+        if not fs.isfile(root):
+            raise DataError(f"{spec}: no such file")
+        local = _cached(fs, [root], Path(root).suffix, lambda tmp: fs.get_file(root, str(tmp)))
+        return JsonlRows(local, columns, skip_malformed=skip_malformed)
+    if any(c in root for c in "*?["):
+        files = sorted(fs.glob(root))
+    elif fs.isdir(root):
+        files = sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))
+    else:
+        files = [root] if fs.isfile(root) else []
+    if not files:
+        raise DataError(f"{spec}: no such file, or not JSONL, Parquet, a saved dataset or a Hub dataset id")
+    if not all(f.lower().endswith(".parquet") for f in files):
+        raise DataError(f"{spec}: not a JSONL or Parquet file, a saved dataset, or a Hub dataset id")
+    return ArrowRows(_parquet_table(fs, files, spec), spec, columns, skip_malformed=skip_malformed)
 
 
 def examples(rows: Rows) -> Iterator[Example]:
