@@ -28,7 +28,9 @@ import resource
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 WORKLOADS = {"short": (256, 30, 120), "long": (16, 1500, 2048)}  # count, min tokens, max tokens
 _WORDS = (
@@ -88,33 +90,40 @@ def _load(framework: str, impl: str | None, args: argparse.Namespace):
     return encode, lengths, torch.cuda.max_memory_allocated if args.device == "gpu" else None
 
 
-def _run(framework: str, impl: str | None, args: argparse.Namespace, texts: dict, out: mp.Queue) -> None:
-    """Child process: load one framework (one attention backend), time every workload, report, exit."""
-    try:
-        encode, lengths, peak = _load(framework, impl, args)
-        results: dict = {}
-        for name, xs in texts.items():
-            bs = args.batch_size[name]
+def _measure(framework: str, impl: str | None, args: argparse.Namespace, texts: dict) -> dict:
+    """In a child: load one framework (one attention backend) and time every workload."""
+    encode, lengths, peak = _load(framework, impl, args)
+    results: dict = {}
+    for name, xs in texts.items():
+        bs = args.batch_size[name]
+        t0 = time.perf_counter()
+        encode(xs, bs)
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
             t0 = time.perf_counter()
-            encode(xs, bs)
-            first = time.perf_counter() - t0
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                emb = encode(xs, bs)
-                times.append(time.perf_counter() - t0)
-            results[name] = {"lengths": lengths(xs), "first_s": first, "steady_s": statistics.median(times), "emb": emb}
-        results["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        results["peak_device_gib"] = peak() / 2**30 if peak else None
-        out.put(results)
+            emb = encode(xs, bs)
+            times.append(time.perf_counter() - t0)
+        results[name] = {"lengths": lengths(xs), "first_s": first, "steady_s": statistics.median(times), "emb": emb}
+    results["peak_device_gib"] = peak() / 2**30 if peak else None
+    return results
+
+
+def _report(fn: Callable[..., dict], args: tuple, out: mp.Queue) -> None:
+    try:
+        result = fn(*args)
+        result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        out.put(result)
     except Exception:
         out.put({"error": traceback.format_exc(limit=3)})
 
 
-def _child(ctx, framework: str, impl: str | None, args: argparse.Namespace, texts: dict) -> dict:
-    """Run one child to completion; a crash (no result) becomes an error entry instead of a hang."""
+def in_child(fn: Callable[..., dict], *args: Any) -> dict:
+    """`fn(*args)` (a module-level function) in a fresh spawned process, so memory, threads and cores are
+    its own; adds its peak RSS. An exception, or a crash that reports nothing, comes back as {"error": ...}."""
+    ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(framework, impl, args, texts, out))
+    proc = ctx.Process(target=_report, args=(fn, args, out))
     proc.start()
     while True:
         try:
@@ -176,9 +185,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = ModelConfig.from_checkpoint_dir(args.checkpoint)
 
-    ctx = mp.get_context("spawn")
     print(f"device {args.device}, dtype {args.dtype}, {args.threads} threads, {os.cpu_count()} CPUs", flush=True)
-    ref = _child(ctx, "torch", None, args, texts)
+    ref = in_child(_measure, "torch", None, args, texts)
     if "error" in ref:
         print(f"sentence-transformers failed:\n{ref['error']}")
         return 1
@@ -187,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [f"| workload | attention | ours tok/s | ST tok/s | ratio{mfu} | ours first s | ST first s | max cos diff |"]
     rows.append("|---" * (rows[0].count("|") - 1) + "|")
     for impl in args.attention.split(","):
-        ours = _child(ctx, "jax", impl, args, texts)
+        ours = in_child(_measure, "jax", impl, args, texts)
         if "error" in ours:
             print(f"ours with attention={impl} failed:\n{ours['error']}", flush=True)
             continue

@@ -21,6 +21,7 @@ from pathlib import Path
 from embeddinggemma import aot, benchmark, corpus, parity
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.encoder import EmbeddingGemma
+from embeddinggemma.train import benchmark as train_benchmark
 
 PROG = "embeddinggemma"
 # A failure the user can cause (a bad file, option or value, a missing optional dependency, a diverged run).
@@ -371,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_option(p)
     benchmark.add_arguments(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = _subparser(
+        sub,
+        "benchmark-train",
+        "Fine-tuning speed of this trainer vs sentence-transformers' trainer on the same data and settings.",
+        "embeddinggemma benchmark-train --model ~/models/embeddinggemma-300m --steps 12",
+        "Needs torch and sentence-transformers.",
+    )
+    _add_model_option(p)
+    train_benchmark.add_arguments(p)
+    p.set_defaults(func=train_benchmark.run)
 
     p = _subparser(
         sub,

@@ -146,6 +146,14 @@ class Collator:
         return batching.bucket_length(longest, max_len, batching.TRAIN_BUCKETS_PER_OCTAVE)
 
 
+def shuffled(rows: Rows, seed: int) -> Any:
+    """The rows in training order: grain's index shuffle, a new permutation each epoch (index i of epoch e
+    is row len * e + i), each computed per index in O(1) memory."""
+    import grain
+
+    return grain.MapDataset.source(rows).shuffle(seed=seed)
+
+
 class Batches:
     """Deterministic global batches of shuffled rows; each process collates only its own rows.
 
@@ -165,8 +173,6 @@ class Batches:
         process_index: int | None = None,
         process_count: int | None = None,
     ):
-        import grain
-
         self.rows, self.collate, self.batch_size, self.seed = rows, collate, global_batch_size, seed
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
@@ -176,7 +182,7 @@ class Batches:
         if len(rows) < global_batch_size:
             raise DataError(f"{rows.name}: {len(rows)} examples are fewer than one global batch of {global_batch_size}")
         self.steps_per_epoch = len(rows) // global_batch_size
-        self.shuffled = grain.MapDataset.source(rows).shuffle(seed=seed)
+        self.shuffled = shuffled(rows, seed)
 
     def local_examples(self, step: int) -> list[Example]:
         start = step * self.batch_size + self.process_index * self.local_size
