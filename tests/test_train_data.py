@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embeddinggemma.config import ModelConfig
+from embeddinggemma.files import OutputError
 from embeddinggemma.train import TrainConfig, train
 from embeddinggemma.train.data import Batches, Collator, Prompts
 from embeddinggemma.train.sources import Columns, DataError, Example, open_rows
@@ -93,9 +94,12 @@ def test_every_format_gives_the_same_rows_and_batches(fmt: str, inputs: dict[str
 
 
 def test_parquet_and_jsonl_train_to_the_same_parameters(inputs: dict[str, str], tiny_dir: Path, tmp_path: Path) -> None:
+    """... and the Parquet run's output_dir is a file:// URL."""
     finals = []
     for fmt in ("jsonl", "parquet"):
         overrides = {"steps": 3, "eval_file": None, "export": False, "save_every": 3, "train_file": inputs[fmt]}
+        if fmt == "parquet":
+            overrides["output_dir"] = f"file://{tmp_path / fmt}"
         train(
             TrainConfig.from_dict(tiny_run_config(tiny_dir, (inputs[fmt], inputs["eval"]), tmp_path / fmt, **overrides))
         )
@@ -205,3 +209,10 @@ def test_peak_memory_does_not_grow_with_the_dataset(tiny_dir: Path, tmp_path: Pa
     print(f"peak anonymous memory (MiB) by rows: {peaks}")
     assert peaks[3_000_000] <= peaks[300] + 96  # converting holds about one 100,000-row group
     assert peaks[3_000_000] <= peaks[1_500_000] + 16  # and twice the rows cost nothing more
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/run", "memory://run"])
+def test_remote_output_dir_is_refused_before_anything_runs(url: str, tiny_dir: Path, inputs: dict[str, str]) -> None:
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, (inputs["jsonl"], inputs["eval"]), Path("x"), output_dir=url))
+    with pytest.raises(OutputError, match=f"output_dir {url}: outputs go to a local path or a file:// URL"):
+        train(cfg)

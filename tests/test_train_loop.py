@@ -206,3 +206,19 @@ def test_non_finite_loss_stops_before_saving_and_names_a_complete_checkpoint(tin
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 3; .* checkpoint is step 2 in"):
         train(cfg)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["2"]
+
+
+def test_device_idle_is_the_wait_between_a_step_finishing_and_the_next_dispatch():
+    """Step 2 is dispatched 0.2 s after step 1 finished, step 3 at once (its wait is 0): mean 0.1 s. The next
+    interval measures from the last step of the previous one."""
+    import jax.numpy as jnp
+
+    idle = loop.DeviceIdle()
+    idle.dispatched(1, jnp.zeros(()))
+    time.sleep(0.2)
+    idle.dispatched(2, jnp.zeros(()))
+    idle.dispatched(3, jnp.zeros(()))
+    assert 0.09 <= idle.take() <= 0.15
+    time.sleep(0.3)
+    idle.dispatched(4, jnp.zeros(()))
+    assert 0.29 <= idle.take() <= 0.4

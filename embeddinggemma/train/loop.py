@@ -23,8 +23,10 @@ import importlib.util
 import json
 import logging
 import math
+import queue
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +40,7 @@ from tqdm.auto import tqdm
 from embeddinggemma import checkpoint, sharding
 from embeddinggemma.checkpoint import hf
 from embeddinggemma.encoder import EmbeddingGemma
-from embeddinggemma.files import OutputError
+from embeddinggemma.files import OutputError, local_dir
 from embeddinggemma.tokenizer import Tokenizer
 from embeddinggemma.train.checkpointing import RunCheckpoints
 from embeddinggemma.train.config import TrainConfig
@@ -93,6 +95,40 @@ def _sigterm_flag() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class DeviceIdle:
+    """How long the device waits for the host between steps (input pipeline, dispatch, host syncs).
+
+    A watcher thread notes when each step's loss is ready, i.e. the step is done; the device then idles
+    until the next step is dispatched. Logged per step as `device_idle_s`, the mean over the log interval
+    (steps that compile count their compilation: the device waits for it too)."""
+
+    def __init__(self) -> None:
+        self._pending: queue.Queue = queue.Queue()
+        self._done: dict[int, float] = {}
+        self._dispatched: dict[int, float] = {}
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            step, loss = self._pending.get()
+            jax.block_until_ready(loss)
+            self._done[step] = time.perf_counter()
+            self._pending.task_done()
+
+    def dispatched(self, step: int, loss: jax.Array) -> None:
+        self._dispatched[step] = time.perf_counter()
+        self._pending.put((step, loss))
+
+    def take(self) -> float:
+        """Mean idle seconds before the steps dispatched since the last call; waits for them to finish."""
+        self._pending.join()
+        idle = [max(0.0, t - self._done[s - 1]) for s, t in self._dispatched.items() if s - 1 in self._done]
+        last = max(self._dispatched, default=None)
+        self._done = {last: self._done[last]} if last is not None else {}
+        self._dispatched = {}
+        return sum(idle) / max(len(idle), 1)
+
+
 def _sync(name: str) -> None:
     """Wait for every process (a no-op with one)."""
     if jax.process_count() > 1:
@@ -107,7 +143,7 @@ def check_output_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> list
     A fresh run refuses an output_dir with an earlier run in it; a resumed run refuses to replace an
     existing export at its end. `overwrite` allows both.
     """
-    out = Path(cfg.output_dir)
+    out = local_dir(cfg.output_dir, "output_dir")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output_dir {out} is a file")
     found = [name for name in RUN_FILES if (out / name).exists()]
@@ -157,7 +193,7 @@ class Run:
     def setup(cls, cfg: TrainConfig, *, resume: bool, replace: list[str]) -> Run:
         """Load the model onto the mesh, read the data, build the step, and restore or initialize the state.
         `replace`: an earlier run's files in output_dir to delete before this run writes (--overwrite)."""
-        out = Path(cfg.output_dir)
+        out = local_dir(cfg.output_dir, "output_dir")
         mesh = sharding.make_mesh(cfg.mesh)
         ckpt = checkpoint.load(cfg.model, dtype=cfg.param_dtype, mesh=mesh, purpose="train")
         module = training_module(cfg, ckpt.config)
@@ -252,7 +288,7 @@ class Run:
                 total=self.total, initial=self.step, desc="train", unit="step", disable=jax.process_index() != 0
             ) as bar,
         ):
-            t0, examples, tokens = time.perf_counter(), 0, 0
+            t0, examples, tokens, idle = time.perf_counter(), 0, 0, DeviceIdle()
             while self.step < self.total:
                 if profile and self.step + 1 == profile[0]:
                     jax.profiler.start_trace(str(self.out / "profile"))
@@ -264,6 +300,7 @@ class Run:
                     jax.block_until_ready(metrics)
                     jax.profiler.stop_trace()
                 self.unchecked.append((self.step, metrics["loss"]))
+                idle.dispatched(self.step, metrics["loss"])
                 tokens, examples = tokens + batch_tokens, examples + cfg.global_batch_size
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total:
@@ -274,6 +311,7 @@ class Run:
                         "examples_per_s": examples / dt,
                         "tokens_per_s": tokens / dt,
                         "epoch": self.batches.epoch(self.step),
+                        "device_idle_s": idle.take(),
                     }
                     values |= {f"truncated_{kind}": n for kind, n in self.collator.truncated.items()}
                     self.log.write(self.step, values)
