@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from embeddinggemma import vectors
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.files import check_outputs, write_atomic
+from embeddinggemma.tokenizer import text_error
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 MANIFEST = "manifest.json"
@@ -87,6 +88,9 @@ def iter_records(path: str | Path, *, text_field: str = "text") -> Iterator[Reco
         text = obj.get(text_field) if isinstance(obj, dict) else None
         if not isinstance(text, str):
             raise InputError(f"{path}:{number}: no string field {text_field!r}")
+        problem = text_error(text)  # a JSON \ud800 escape decodes to a lone surrogate
+        if problem:
+            raise InputError(f"{path}:{number}: field {text_field!r} is {problem}")
         yield Record(obj.get("id", number), text)
 
 

@@ -24,7 +24,7 @@ from embeddinggemma.attention import AttentionImpl
 from embeddinggemma.compile_options import compiler_options
 from embeddinggemma.config import DTypeName, ModelConfig
 from embeddinggemma.model import EmbeddingGemmaModule
-from embeddinggemma.tokenizer import Tokenizer
+from embeddinggemma.tokenizer import Tokenizer, text_error
 
 logger = logging.getLogger(__name__)
 
@@ -262,12 +262,19 @@ class EmbeddingGemma:
 
 def _as_list(texts: Any, *, what: str = "texts", allow_none_items: bool = False) -> tuple[bool, list]:
     """(was a single str, list of items), with errors that name the bad item."""
-    if isinstance(texts, str):
-        return True, [texts]
-    if texts is None or isinstance(texts, bytes | dict) or not isinstance(texts, Sequence | np.ndarray):
+    single = isinstance(texts, str)
+    if single:
+        items = [texts]
+    elif texts is None or isinstance(texts, bytes | dict) or not isinstance(texts, Sequence | np.ndarray):
         raise TypeError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
-    items = list(texts)
+    else:
+        items = list(texts)
     for i, t in enumerate(items):
-        if not isinstance(t, str) and not (allow_none_items and t is None):
+        if t is None and allow_none_items:
+            continue
+        if not isinstance(t, str):
             raise TypeError(f"{what}[{i}] must be a str, got {type(t).__name__}")
-    return False, items
+        problem = text_error(t)
+        if problem:
+            raise ValueError(f"{what if single else f'{what}[{i}]'}: {problem}")
+    return single, items

@@ -24,6 +24,18 @@ from embeddinggemma.config import CheckpointError, ModelConfig
 logger = logging.getLogger(__name__)
 
 
+def text_error(text: object) -> str | None:
+    """Why `text` cannot be tokenized (not a string, or not encodable as UTF-8: a lone surrogate, as
+    JSON's \\ud800 escapes or Python strings can hold), or None."""
+    if not isinstance(text, str):
+        return f"expected a string, got {type(text).__name__}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"not valid Unicode: lone surrogate {text[e.start]!r} at character {e.start}"
+    return None
+
+
 class Tokenizer:
     def __init__(self, model_file: str | Path, cfg: ModelConfig):
         model_file = Path(model_file)
@@ -54,6 +66,10 @@ class Tokenizer:
 
     def encode_counting(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """`encode` without the warning: (ids, how many texts were truncated), for callers that report it."""
+        for i, text in enumerate(texts):
+            problem = text_error(text)
+            if problem:
+                raise ValueError(f"text {i}: {problem}")
         pieces = self.sp.encode(list(texts)) if texts else []
         room = self.max_seq_length - 2
         truncated = sum(len(p) > room for p in pieces)

@@ -50,6 +50,8 @@ def test_prompts_come_from_the_checkpoint(tiny_model: EmbeddingGemma):
         (["ok", None], TypeError, r"texts\[1\] must be a str, got NoneType"),
         (b"bytes", TypeError, "got bytes"),
         (42, TypeError, "got int"),
+        (["ok", "a \ud800 b"], ValueError, r"texts\[1\]: not valid Unicode: lone surrogate '\\ud800' at character 2"),
+        ("\udfff", ValueError, r"texts: not valid Unicode: lone surrogate '\\udfff' at character 0"),
     ],
 )
 def test_bad_texts(tiny_model: EmbeddingGemma, texts, error, match):

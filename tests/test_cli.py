@@ -167,6 +167,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "empty.txt").write_text("\n  \n")
     (root / "latin1.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
     (root / "nofield.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
+    (root / "surrogate.jsonl").write_text('{"text": "ok"}\n{"text": "half a pair: \\ud83d"}\n')
     (root / "good.txt").write_text("one text\nanother text\n")
     (root / "a_file").write_text("")
     return root
@@ -177,6 +178,10 @@ BAD_INPUTS = {
     "empty file": (["-i", "{root}/empty.txt", "-o", "{tmp}/x.npy"], "no texts in the file"),
     "undecodable bytes": (["-i", "{root}/latin1.txt", "-o", "{tmp}/x.npy"], "latin1.txt:2: not valid UTF-8"),
     "jsonl without text": (["-i", "{root}/nofield.jsonl", "-o", "{tmp}/x.npy"], "nofield.jsonl:2: no string field"),
+    "lone surrogate": (
+        ["-i", "{root}/surrogate.jsonl", "-o", "{tmp}/x.npy"],
+        "surrogate.jsonl:2: field 'text' is not valid Unicode: lone surrogate '\\ud83d' at character 13",
+    ),
     "unknown prompt name": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--prompt-name", "nope"], "unknown prompt"),
     "dim out of range": (["-i", "{root}/good.txt", "-o", "{tmp}/x.npy", "--truncate-dim", "49"], "must be in 1..48"),
     "output under a file": (["-i", "{root}/good.txt", "-o", "{root}/a_file/x.npy"], "cannot write"),
@@ -217,6 +222,21 @@ COMMAND_MISTAKES = {
     "config not JSON": (["train", "--config", "{root}/a_file.json"], 1, "a_file.json: invalid JSON"),
     "unknown config key": (["train", "--config", "train_tiny", "--set", "bogus=1"], 1, "unknown TrainConfig keys"),
     "override without key": (["train", "--config", "train_tiny", "--set", "=3"], 2, "expected KEY=VALUE"),
+    "config value of the wrong type": (
+        ["train", "--config", "train_tiny", "--set", "steps=ten"],
+        1,
+        "steps must be an integer or null, got 'ten'",
+    ),
+    "config value out of range": (
+        ["train", "--config", "train_tiny", "--set", "adam_b2=1"],
+        1,
+        "adam_b2 must be in [0, 1)",
+    ),
+    "matryoshka dim wider than the model": (
+        "train --config train_tiny --set model={tiny} --set output_dir={root}/r --set matryoshka_dims=[96,48]".split(),
+        1,
+        "matryoshka_dims [96, 48]: the model's embeddings are 48 wide",
+    ),
     "unknown aot step": (["aot", "--steps", "encode,nope"], 2, "comma-separated list of encode, train"),
     "bad topology": (["aot", "--topology", "v5e:nonsense", "--steps", "encode"], 1, "TPU topology 'v5e:nonsense'"),
     "parity without a model": (["parity", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
@@ -246,14 +266,21 @@ def test_overwrite_replaces_an_existing_output(tiny_dir: Path, bad_files: Path, 
 def test_every_command_help_has_an_example() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
-    expected = {"convert", "encode", "search", "similarity", "info", "train", "aot", "benchmark", "parity"}
+    expected = {"convert", "encode", "search", "similarity", "info", "train", "aot", "benchmark", "benchmark-train"}
+    expected |= {"parity"}
     assert set(commands) == expected
     for name, sub in commands.items():
         assert "example:\n  embeddinggemma " + name in sub.format_help(), name
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-OTHER_TESTS = ("train", "aot", "benchmark", "parity")  # run in their own tests (slow, or need the real checkpoint)
+OTHER_TESTS = (
+    "train",
+    "aot",
+    "benchmark",
+    "benchmark-train",
+    "parity",
+)  # run in their own tests (slow, or need the real checkpoint)
 
 
 def readme_cli_commands() -> list[str]:

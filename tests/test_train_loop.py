@@ -133,6 +133,10 @@ def test_malformed_line_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"bad\.jsonl:3: malformed example: 'positive' must be a string"):
         open_rows(path)
     assert len(open_rows(path, skip_malformed=True)) == 1
+    surrogate = tmp_path / "surrogate.jsonl"  # JSON can escape a lone surrogate; it cannot be tokenized
+    surrogate.write_text('{"query": "q", "positive": "p"}\n{"query": "x\\udc00", "positive": "p"}\n')
+    with pytest.raises(DataError, match=r"surrogate\.jsonl:2: malformed example: not valid Unicode: lone surrogate"):
+        open_rows(surrogate)
 
 
 def test_truncation_is_warned_once_and_counted(tiny_dir, caplog):
@@ -222,3 +226,22 @@ def test_device_idle_is_the_wait_between_a_step_finishing_and_the_next_dispatch(
     time.sleep(0.3)
     idle.dispatched(4, jnp.zeros(()))
     assert 0.29 <= idle.take() <= 0.4
+
+
+BAD_CONFIG_VALUES = {
+    "steps": ("10", "steps must be an integer or null, got '10'"),
+    "learning_rate": (float("nan"), "learning_rate must be a finite number, got nan"),
+    "save_every": (0, "save_every must be > 0, got 0"),
+    "grad_cache_chunk": (0, "grad_cache_chunk must be > 0 or null, got 0"),
+    "schedule": ("cos", "schedule must be one of 'linear', 'cosine', got 'cos'"),
+    "matryoshka_dims": ([64, 64], "matryoshka_dims must be distinct positive widths"),
+    "remat": (1, "remat must be true or false, got 1"),
+    "adam_b1": (-0.1, r"adam_b1 must be in \[0, 1\)"),
+}
+
+
+@pytest.mark.parametrize("key", BAD_CONFIG_VALUES)
+def test_config_values_are_checked_by_type_and_range(key, tiny_dir, data, tmp_path):
+    value, message = BAD_CONFIG_VALUES[key]
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path, **{key: value}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import jax
@@ -25,7 +26,7 @@ from embeddinggemma.model import EmbeddingGemmaModule
 
 Format = Literal["sentence-transformers", "native"]
 
-__all__ = ["DEFAULT_MODEL", "Checkpoint", "CheckpointError", "convert", "load", "locate", "save"]
+__all__ = ["DEFAULT_MODEL", "Checkpoint", "CheckpointError", "convert", "load", "locate", "read_config", "save"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,16 @@ class Checkpoint:
         return self.metadata_dir / "tokenizer.model"
 
 
+def _format(root: Path) -> ModuleType:
+    return native if native.is_native(root) else hf
+
+
+def read_config(path_or_hub_id: str | Path) -> ModelConfig:
+    """The model's configuration alone (no weights read), e.g. to check a training config against it."""
+    root = locate(path_or_hub_id)
+    return _format(root).read_config(root)
+
+
 def load(
     path_or_hub_id: str | Path,
     *,
@@ -55,7 +66,7 @@ def load(
     on one device first); without, onto the default device."""
     dtype = check_dtype(dtype)
     root = locate(path_or_hub_id)
-    fmt = native if native.is_native(root) else hf
+    fmt = _format(root)
     cfg = fmt.read_config(root)
     shardings = None
     if mesh is not None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from embeddinggemma.attention import AttentionImpl
-from embeddinggemma.config import DTypeName
+from embeddinggemma.config import DTypeName, ModelConfig
 from embeddinggemma.train.sources import Columns
 
 Schedule = Literal["linear", "cosine"]
@@ -84,22 +87,54 @@ class TrainConfig:
     profile_steps: tuple[int, int] | None = None  # (first, last): a JAX profiler trace of these steps -> profile/
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.global_batch_size < 1 or (self.grad_cache_chunk is not None and self.grad_cache_chunk < 1):
-            raise ValueError("global_batch_size and grad_cache_chunk must be positive")
+        """Types from the annotations, then ranges and relations: a bad value fails here, naming the key,
+        before anything loads or compiles."""
+        hints = typing.get_type_hints(TrainConfig)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not _matches(value, hints[field.name]):
+                raise ValueError(f"{field.name} must be {_describe(hints[field.name])}, got {value!r}")
+        positive = ("global_batch_size", "epochs", "learning_rate", "scale", "save_every", "keep_checkpoints")
+        positive += ("eval_batch_size", "log_every", "data_threads", "adam_eps")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
+        optional = ("grad_cache_chunk", "steps", "eval_every", "max_grad_norm", "max_query_length", "max_doc_length")
+        for key in optional:  # null: not used / the default
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0 or null, got {getattr(self, key)!r}")
+        for key in ("num_negatives", "prefetch", "warmup_steps", "end_learning_rate", "weight_decay", "seed"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        for key in ("adam_b1", "adam_b2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
+        if (
+            not self.matryoshka_dims
+            or min(self.matryoshka_dims) < 1
+            or len(set(self.matryoshka_dims)) != len(self.matryoshka_dims)
+        ):
+            raise ValueError(f"matryoshka_dims must be distinct positive widths, got {list(self.matryoshka_dims)}")
         if self.matryoshka_weights is not None and len(self.matryoshka_weights) != len(self.matryoshka_dims):
             raise ValueError("matryoshka_weights must have one weight per matryoshka_dims entry")
-        if self.num_negatives < 0 or self.scale <= 0:
-            raise ValueError("num_negatives must be >= 0 and scale > 0")
         if self.columns is not None:
             Columns.from_config(self.columns)
-        if self.prefetch < 0 or self.data_threads < 1:
-            raise ValueError("prefetch must be >= 0 and data_threads >= 1")
         if self.profile_steps is not None and not (
             len(self.profile_steps) == 2 and 1 <= self.profile_steps[0] <= self.profile_steps[1]
         ):
             raise ValueError(f"profile_steps must be [first, last] with 1 <= first <= last, got {self.profile_steps}")
+
+    def check_model(self, model: ModelConfig) -> None:
+        """Relations to the model being trained (read from its config before the weights load)."""
+        if max(self.matryoshka_dims) > model.embedding_dim:
+            raise ValueError(
+                f"matryoshka_dims {list(self.matryoshka_dims)}: the model's embeddings are {model.embedding_dim} wide"
+            )
+        for key in ("max_query_length", "max_doc_length"):
+            if (getattr(self, key) or 0) > model.max_position_embeddings:
+                raise ValueError(
+                    f"{key} {getattr(self, key)} exceeds the model's {model.max_position_embeddings} positions"
+                )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -122,6 +157,51 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value has the annotated type (JSON numbers: an int is a valid float, a bool is not
+    a number; finite numbers only)."""
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in get_args(hint))
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin is tuple:
+        args = get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, h) for v, h in zip(value, args, strict=True))
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, get_args(hint)))
+    if origin is tuple:
+        args = get_args(hint)
+        plural = {int: "integers", float: "finite numbers"}.get(args[0], _describe(args[0]))
+        return f"a list of {plural}" if args[-1] is Ellipsis else f"a list of {len(args)} {plural}"
+    if origin is dict:
+        return "an object"
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a finite number"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 def bundled_configs() -> dict[str, Path]:

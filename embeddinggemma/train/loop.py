@@ -357,6 +357,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     """
     sharding.maybe_initialize_distributed()
     replace = check_output_dir(cfg, resume=resume, overwrite=overwrite)
+    cfg.check_model(checkpoint.read_config(cfg.model))
     _sync("output_dir checked")  # before any process writes into it
     run = Run.setup(cfg, resume=resume, replace=replace if not resume else [])
     try:

@@ -34,6 +34,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from embeddinggemma.tokenizer import text_error
+
 logger = logging.getLogger(__name__)
 
 OUR_SCHEMA = ("query", "positive", "negatives", "title")
@@ -107,7 +109,12 @@ class Columns:
         title = row.get(self.title) if self.title else None
         if title is not None and not isinstance(title, str):
             raise ValueError(f"{self.title!r} must be a string")
-        return Example(row[self.query], row[self.positive], tuple(negatives), title)
+        example = Example(row[self.query], row[self.positive], tuple(negatives), title)
+        for text in (example.query, example.positive, *example.negatives, *((title,) if title else ())):
+            problem = text_error(text)
+            if problem:
+                raise ValueError(problem)
+        return example
 
 
 class Rows(Protocol):
