@@ -92,6 +92,9 @@ class TrainConfig:
         hints = typing.get_type_hints(TrainConfig)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if isinstance(value, list):  # JSON and Python callers write lists; the frozen config holds tuples
+                value = tuple(value)
+                object.__setattr__(self, field.name, value)
             if not _matches(value, hints[field.name]):
                 raise ValueError(f"{field.name} must be {_describe(hints[field.name])}, got {value!r}")
         positive = ("global_batch_size", "epochs", "learning_rate", "scale", "save_every", "keep_checkpoints")
@@ -142,7 +145,6 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}")
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
     @classmethod
