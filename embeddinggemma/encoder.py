@@ -151,19 +151,18 @@ class EmbeddingGemma:
         return vectors.cosine_similarity(a, b)
 
     def prompt_prefix(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
-        """The literal prefix `encode` puts before each text (for callers that tokenize themselves)."""
+        """The literal prefix `encode` puts before each text (for callers that tokenize themselves); one that
+        leaves no room for the text within max_seq_length is an error."""
         if prompt is not None and prompt_name is not None:
             raise ValueError("pass either prompt_name or prompt, not both")
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-            return prompt
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         name = prompt_name if prompt_name is not None else self.config.default_prompt_name
-        if name is None:
-            return ""
-        if name not in self.prompts:
+        if prompt is None and name is not None and name not in self.prompts:
             raise ValueError(f"unknown prompt_name {name!r}; available: {sorted(self.prompts)}")
-        return self.prompts[name]
+        prefix = prompt if prompt is not None else self.prompts[name] if name is not None else ""
+        self.tokenizer.check_prompt(prefix, "prompt" if prompt is not None else f"prompt {name!r}")
+        return prefix
 
     def check_dim(self, truncate_dim: int | None) -> int:
         """The output width for `truncate_dim` (None: the full embedding); a clear error when invalid."""

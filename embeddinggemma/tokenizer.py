@@ -52,6 +52,15 @@ class Tokenizer:
         self.bos_id, self.eos_id, self.pad_id = cfg.bos_id, cfg.eos_id, cfg.pad_id
         self.max_seq_length = cfg.max_seq_length
 
+    def check_prompt(self, prompt: str, what: str) -> None:
+        """A prompt so long that no text fits after it would make every text's vector the same: refuse it."""
+        n = len(self.sp.encode(prompt)) if prompt else 0
+        if n >= self.max_seq_length - 2:
+            raise ValueError(
+                f"{what} {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} is {n} tokens: with <bos> and <eos> it "
+                f"leaves no room for the text in {self.max_seq_length} tokens"
+            )
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids with <bos>/<eos>, truncated to max_seq_length (one warning saying how many)."""
         ids, truncated = self.encode_counting(texts)

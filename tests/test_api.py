@@ -155,3 +155,11 @@ def test_float32_cpu_forward_compiles_without_ynnpack(tiny_model: EmbeddingGemma
     tokens, valid = tiny_model.pad_batch([[2, 5, 1], [2, 1]])
     assert tiny_model.dtype == "float32"
     assert "__ynn_fusion" not in tiny_model._forward.lower(tiny_model.params, tokens, valid).compile().as_text()
+
+
+def test_a_prompt_that_leaves_no_room_for_the_text_is_refused(tiny_model: EmbeddingGemma):
+    """Otherwise every text would be truncated away and all vectors would be the prompt's."""
+    room = tiny_model.config.max_seq_length
+    with pytest.raises(ValueError, match=f"leaves no room for the text in {room} tokens"):
+        tiny_model.encode(["a", "b"], prompt="word " * room)
+    tiny_model.encode(["a"], prompt="word ")  # room left: fine

@@ -245,3 +245,10 @@ def test_config_values_are_checked_by_type_and_range(key, tiny_dir, data, tmp_pa
     value, message = BAD_CONFIG_VALUES[key]
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path, **{key: value}))
+
+
+def test_a_query_prompt_longer_than_max_query_length_is_refused(tiny_dir):
+    cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
+    prompts = Prompts.for_model(cfg, None, None, "title: {title} | text: ")
+    with pytest.raises(ValueError, match=r"query_prompt 'task: search result \| query: ' is \d+ tokens"):
+        Collator(tiny_dir / "tokenizer.model", cfg, prompts, num_negatives=0, max_query_length=6)

@@ -81,6 +81,9 @@ class Collator:
         self.d_len = max_doc_length or model_cfg.max_seq_length
         self.q_tok = Tokenizer(tokenizer_file, dataclasses.replace(model_cfg, max_seq_length=self.q_len))
         self.d_tok = Tokenizer(tokenizer_file, dataclasses.replace(model_cfg, max_seq_length=self.d_len))
+        self.q_tok.check_prompt(prompts.query, "query_prompt")
+        self.d_tok.check_prompt(prompts.document, "document_prompt")
+        self.d_tok.check_prompt(prompts.title.format(title=""), "title_prompt")
         self.pad_id = model_cfg.pad_id
         self.prompts = prompts
         self.k = num_negatives
