@@ -14,15 +14,18 @@ Modules, by concern:
                    hub (local directory or Hub id)
   files            atomic files and directories; output paths checked against inputs before work starts
   corpus           text / JSONL input, resumable sharded encoding to .npy, top-k search
+  retrieval        exact top-k on the device over the mesh, BEIR directories, trec_eval metrics, evaluation
+  mining           hard-negative mining with sentence-transformers' semantics, resumable
+  mteb             MtebEncoder and the `mteb` command: MTEB tasks with the official entry's prompts
   compile_options  XLA compiler options per platform and dtype (and a CPU timing check)
   flops            analytic forward FLOPs (AOT ratio, benchmark MFU)
   aot              compile encode / train steps for TPU topologies without a TPU: memory and FLOPs per chip
   benchmark        this encoder vs sentence-transformers, both in one run
   parity           this encoder vs sentence-transformers on a fixed corpus (and that corpus)
   cli              the `embeddinggemma` command
-  train/           fine-tuning: config, data, losses, step (GradCache), loop, evaluate, checkpointing,
+  train/           fine-tuning: config, sources, data, losses, step (GradCache), loop, checkpointing, benchmark,
                    code_search_data (a retrieval set built from Python sources)
-  data/            the bundled demo corpus
+  data/            the bundled demo corpus (and demo-beir/, the same documents as a BEIR directory)
   configs          the bundled training configs (the repository's configs/)
 """
 

@@ -1,4 +1,5 @@
-"""The `embeddinggemma` command line: encode, search, similarity, info, convert, train, aot, benchmark, parity.
+"""The `embeddinggemma` command line: encode, search, similarity, evaluate, mine, info, convert, train, aot,
+benchmark, benchmark-train, parity.
 
 Every command takes the checkpoint from --model (default: $EMBEDDINGGEMMA_CHECKPOINT, else the Hub id
 google/embeddinggemma-300m). Bad input ends the command with exit status 1 and one line on stderr, never a
@@ -18,9 +19,10 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from embeddinggemma import aot, benchmark, corpus, parity
+from embeddinggemma import aot, benchmark, corpus, mteb, parity
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.encoder import EmbeddingGemma
+from embeddinggemma.files import check_outputs, write_atomic
 from embeddinggemma.train import benchmark as train_benchmark
 
 PROG = "embeddinggemma"
@@ -114,6 +116,78 @@ def cmd_similarity(args: argparse.Namespace) -> None:
         print(f"[{j}] {_clip(text)}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from embeddinggemma import retrieval
+    from embeddinggemma.train.data import Prompts
+
+    if args.output:
+        check_outputs({"--output": args.output}, [], overwrite=args.overwrite)
+    data = retrieval.RetrievalSet.from_beir(args.data, args.split)
+    model = load_model(args)
+    dims = _dims(args.dims, model.config.embedding_dim)
+    prompts = Prompts.for_model(model.config, args.query_prompt, args.document_prompt, args.title_prompt)
+    print(f"{args.data} ({args.split}): {len(data.queries):,} queries, {len(data.texts):,} documents", file=sys.stderr)
+    results = retrieval.evaluate(
+        model,
+        data,
+        dims,
+        prompts,
+        batch_size=args.batch_size,
+        chunk=args.chunk,
+        ignore_identical_ids=args.ignore_identical_ids,
+        progress=not args.no_progress,
+    )
+    names = list(retrieval.METRICS)
+    print(f"{'dim':>5} " + " ".join(f"{n:>11}" for n in names))
+    for dim, values in results.items():
+        print(f"{dim:>5} " + " ".join(f"{values[n]:>11.4f}" for n in names))
+    if args.output:
+        text = json.dumps({str(dim): values for dim, values in results.items()}, indent=2) + "\n"
+        write_atomic(args.output, lambda f: f.write(text.encode()))
+
+
+def cmd_mine(args: argparse.Namespace) -> None:
+    from embeddinggemma import mining
+    from embeddinggemma.train.sources import Columns, examples, open_rows
+
+    options = mining.MineOptions(
+        num_negatives=args.num_negatives,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        max_score=args.max_score,
+        min_score=args.min_score,
+        absolute_margin=args.absolute_margin,
+        relative_margin=args.relative_margin,
+        sampling=args.sampling,
+        seed=args.seed,
+    )
+    options.window(1)  # bad options fail before anything is read
+    columns = Columns.from_config(json.loads(args.columns)) if args.columns else None
+    inputs = [args.input] if Path(args.input).exists() else []
+    pairs = list(examples(open_rows(args.input, columns)))
+    job = mining.MineJob(
+        pairs, args.output, corpus=args.corpus, inputs=inputs, text_field=args.text_field, overwrite=args.overwrite
+    )
+    print(f"{len(pairs):,} pairs, {len(job.queries):,} distinct queries, {len(job.candidates):,} candidates")
+    model = load_model(args)
+    query_emb, candidate_emb = job.embed(
+        model,
+        model_id=args.model,
+        query_prompt=model.prompt_prefix(None if args.query_prompt is not None else "query", args.query_prompt),
+        document_prompt=model.prompt_prefix(
+            None if args.document_prompt is not None else "document", args.document_prompt
+        ),
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        progress=not args.no_progress,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    result = mining.mine(pairs, query_emb, candidate_emb, job.candidates, options, mesh=model.mesh)
+    print(mining.summary(result, options))
+    job.finish(result)
+    print(f"wrote {args.output}: {len(result.queries):,} rows, {options.num_negatives} negatives a row")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     import jax
 
@@ -165,6 +239,20 @@ def load_model(args: argparse.Namespace) -> EmbeddingGemma:
     if args.mesh:
         kwargs["mesh"] = args.mesh
     return EmbeddingGemma.from_pretrained(args.model, **kwargs)
+
+
+def _dims(spec: str | None, full: int) -> list[int]:
+    """--dims "768,512": each 1..full; default: the model's Matryoshka widths that fit (else the full width)."""
+    if spec is None:
+        return [d for d in (768, 512, 256, 128) if d <= full] or [full]
+    try:
+        dims = [int(d) for d in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--dims {spec!r}: expected comma-separated integers, e.g. 768,512,256,128") from None
+    bad = [d for d in dims if not 1 <= d <= full]
+    if bad:
+        raise ValueError(f"--dims {spec!r}: {bad[0]} is outside 1..{full}, this model's embedding width")
+    return dims
 
 
 def _clip(text: str, width: int = 90) -> str:
@@ -312,6 +400,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(
         sub,
+        "evaluate",
+        "Retrieval metrics (trec_eval: nDCG@10, MAP@100, MRR@10, recall, precision) on a BEIR directory.",
+        "embeddinggemma evaluate --data scifact --split test --dims 768,256 --output results.json",
+        "Documents get the title prompt (title: none when untitled), queries the query prompt.",
+    )
+    p.add_argument("--data", required=True, help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--dims", help="Matryoshka widths, comma-separated (default: 768,512,256,128)")
+    p.add_argument("--output", "-o", help="write {dim: {metric: value}} as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--query-prompt", help="literal query prefix (default: the model's query prompt)")
+    p.add_argument("--document-prompt", help="literal prefix of untitled documents (default: the model's)")
+    p.add_argument("--title-prompt", default="title: {title} | text: ", help="prefix of titled documents")
+    p.add_argument("--ignore-identical-ids", action="store_true", help="never count a document with the query's id")
+    p.add_argument("--chunk", type=_positive_int, default=16384, help="documents embedded and searched at once")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_args(p)
+    _add_cache_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _subparser(
+        sub,
+        "mine",
+        "Mine hard negatives for (query, positive) pairs, as sentence-transformers' mine_hard_negatives.",
+        "embeddinggemma mine --input pairs.jsonl --output mined.jsonl --num-negatives 5 --relative-margin 0.05",
+        "The output is a training input: JSONL (negatives list) or Parquet (negative_1..K). Rerun to resume.",
+    )
+    p.add_argument("--input", "-i", required=True, help="pairs in any training input format (JSONL, Parquet, ...)")
+    p.add_argument("--output", "-o", required=True, help="a .jsonl or .parquet file")
+    p.add_argument("--corpus", help="more candidates: a .txt (one a line) or .jsonl file (default: the positives)")
+    p.add_argument("--text-field", default="text", help="the --corpus JSONL's text field (default: text)")
+    p.add_argument("--columns", help='JSON column mapping, e.g. \'{"query": "question", "positive": "answer"}\'')
+    p.add_argument("--num-negatives", type=_positive_int, default=3, help="negatives per row (default: 3)")
+    p.add_argument("--range-min", type=int, default=0, help="skip the N best candidates (default: 0)")
+    p.add_argument("--range-max", type=_positive_int, help="consider only the N best (default: derived)")
+    p.add_argument("--max-score", type=float, help="drop candidates scoring above this")
+    p.add_argument("--min-score", type=float, help="drop candidates scoring below this")
+    p.add_argument("--absolute-margin", type=float, help="drop candidates within this of the positive's score")
+    p.add_argument("--relative-margin", type=float, help="drop candidates above (1 - m) x the positive's score")
+    p.add_argument("--sampling", choices=("top", "random"), default="top", help="the best, or random (default: top)")
+    p.add_argument("--seed", type=int, default=0, help="for --sampling random (default: 0)")
+    p.add_argument("--shard-size", type=_positive_int, default=2048, help="texts per resumable embedding shard")
+    p.add_argument("--query-prompt", help="literal query prefix (default: the model's query prompt)")
+    p.add_argument("--document-prompt", help="literal candidate prefix (default: the model's document prompt)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_args(p)
+    _add_cache_args(p)
+    p.set_defaults(func=cmd_mine)
+
+    p = _subparser(
+        sub,
         "info",
         "Print the model's configuration, parameter count, devices and attention backend.",
         "embeddinggemma info --model ~/models/embeddinggemma-300m",
@@ -395,6 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_arguments(p)
     _add_cache_args(p)
     p.set_defaults(func=parity.run)
+
+    p = _subparser(
+        sub,
+        "mteb",
+        "Run MTEB tasks on this encoder with the prompts of mteb's google/embeddinggemma-300m entry.",
+        "embeddinggemma mteb --tasks SciFact,STS12 --output results/mteb --dtype bfloat16",
+        "Needs the mteb extra; downloads the tasks' data.",
+    )
+    _add_model_args(p)
+    mteb.add_arguments(p)
+    _add_cache_args(p)
+    p.set_defaults(func=mteb.run)
     return parser
 
 

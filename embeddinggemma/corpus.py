@@ -34,6 +34,7 @@ from embeddinggemma.tokenizer import text_error
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+IDS_WRITTEN = "ids-output"  # in OUT.partial: the --ids-output this run wrote (before the output)
 
 
 class InputError(ValueError):
@@ -124,9 +125,9 @@ def _shard_path(work: Path, index: int) -> Path:
     return work / f"shard-{index:06d}.npy"
 
 
-def _check_manifest(work: Path, manifest: dict[str, Any]) -> None:
-    """Resume only a run made with the same input and settings; otherwise say what differs."""
-    file = work / MANIFEST
+def check_manifest(file: Path, manifest: dict[str, Any]) -> None:
+    """Resume only a run made with the same input and settings (recorded in `file`); otherwise say what differs."""
+    work = file.parent
     if file.is_file():
         old = json.loads(file.read_text())
         changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
@@ -169,8 +170,16 @@ class EncodeJob:
         if not isinstance(shard_size, int) or shard_size < 1:
             raise InputError(f"shard size must be a positive integer, got {shard_size!r}")
         summary = scan(src, text_field=text_field)
-        check_outputs({"--output": out, "--ids-output": ids_out}, [src], overwrite=overwrite)
-        return cls(src, out, ids_out, out.with_name(out.name + ".partial"), summary, text_field, shard_size)
+        work = out.with_name(out.name + ".partial")
+        outputs = {"--output": out, "--ids-output": ids_out}
+        if ids_out is not None and ids_out.exists() and _ids_written(work) == str(ids_out.resolve()):
+            # A run of this command stopped (disk full, killed) after writing --ids-output, which comes first:
+            # that file is the run's own, and the rerun replaces it; the output must still be new.
+            check_outputs(outputs, [src], overwrite=True)
+            check_outputs({"--output": out}, [src], overwrite=overwrite)
+        else:
+            check_outputs(outputs, [src], overwrite=overwrite)
+        return cls(src, out, ids_out, work, summary, text_field, shard_size)
 
     def _records(self) -> Iterator[Record]:
         return iter_records(self.src, text_field=self.text_field)
@@ -206,7 +215,7 @@ class EncodeJob:
             "shard_size": size,
         }
         self.work.mkdir(parents=True, exist_ok=True)
-        _check_manifest(self.work, manifest)
+        check_manifest(self.work / MANIFEST, manifest)
         n_shards = -(-rows // size)
         done = {i for i in range(n_shards) if _shard_path(self.work, i).is_file()}
         if done:
@@ -234,11 +243,18 @@ class EncodeJob:
                 )
                 write_atomic(_shard_path(self.work, index), lambda f, emb=emb: np.save(f, emb))
         if self.ids_out is not None:
+            ids_out = str(self.ids_out.resolve())
+            write_atomic(self.work / IDS_WRITTEN, lambda f: f.write(ids_out.encode()))
             lines = (json.dumps({"id": r.id}) + "\n" for r in self._records())
             write_atomic(self.ids_out, lambda f: f.writelines(line.encode() for line in lines))
         write_atomic(self.out, lambda f: _concatenate(self.work, n_shards, rows, dim, f))
         shutil.rmtree(self.work)
         return np.load(self.out, mmap_mode="r")
+
+
+def _ids_written(work: Path) -> str | None:
+    file = work / IDS_WRITTEN
+    return file.read_text(encoding="utf-8", errors="replace") if file.is_file() else None
 
 
 def load_embeddings(path: str | Path, *, rows: int | None = None) -> np.ndarray:

@@ -17,14 +17,6 @@ def private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ[var] = str(tmp_path_factory.mktemp(name))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Many tests train the same tiny model: its programs compile once per worker, later runs load them."""
-    from embeddinggemma.cli import enable_compilation_cache
-
-    enable_compilation_cache(tmp_path_factory.mktemp("jax-cache"))
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-embeddinggemma")

@@ -267,7 +267,7 @@ def test_every_command_help_has_an_example() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
     expected = {"convert", "encode", "search", "similarity", "info", "train", "aot", "benchmark", "benchmark-train"}
-    expected |= {"parity"}
+    expected |= {"parity", "mteb", "evaluate", "mine"}
     assert set(commands) == expected
     for name, sub in commands.items():
         assert "example:\n  embeddinggemma " + name in sub.format_help(), name
@@ -280,7 +280,9 @@ OTHER_TESTS = (
     "benchmark",
     "benchmark-train",
     "parity",
-)  # run in their own tests (slow, or need the real checkpoint)
+    "mteb",
+    "mine",  # its example mines the code-search set; tests/test_mining.py runs the command
+)  # run in their own tests (slow, or need the real checkpoint or the network)
 
 
 def readme_cli_commands() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from embeddinggemma import retrieval
 from embeddinggemma.train import code_search_data as data
 
 MODULE = '''
@@ -75,3 +76,11 @@ def test_cli_writes_jsonl(tmp_path):
     rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert rows and set(rows[0]) == {"query", "positive", "negatives"}
     assert (out / "eval.jsonl").read_text().strip()
+    beir = retrieval.RetrievalSet.from_beir(out / "eval-beir")  # the same eval set for `evaluate --data`
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert sorted(beir.queries.values()) == sorted(r["query"] for r in evals)
+    for qid, judged in beir.qrels.items():
+        (doc,) = judged
+        row = next(r for r in evals if r["query"] == beir.queries[qid])
+        assert beir.texts[beir.doc_ids.index(doc)] == row["positive"]
+    assert set(beir.texts) == {r["positive"] for r in evals} | {r["negatives"][0] for r in evals}

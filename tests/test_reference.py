@@ -11,7 +11,7 @@ import pytest
 from embeddinggemma import EmbeddingGemma
 from embeddinggemma.parity import QUERIES, SHORT, reference_corpus
 
-pytestmark = [pytest.mark.reference, pytest.mark.xdist_group("reference")]  # one worker loads the models
+pytestmark = pytest.mark.reference
 MIN_COS = 0.99999
 
 

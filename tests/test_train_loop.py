@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
         train(cfg)
     assert (earlier / "marker").read_text() == "an earlier fine-tune"
     result = train(cfg, overwrite=True)
+    assert "device-idle" not in [t.name for t in threading.enumerate()]  # the loop's watcher thread ended
     assert not (earlier / "marker").exists()
     (trace,) = (tmp_path / "run" / "profile").rglob("*.trace.json.gz")
     steps = [e for e in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"] if e.get("name") == "train"]

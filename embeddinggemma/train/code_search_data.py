@@ -23,6 +23,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+from embeddinggemma.retrieval import RetrievalSet
+from embeddinggemma.train.sources import examples, open_rows
+
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
 MIN_WORDS, MAX_WORDS = 5, 40  # query length in words: shorter is too vague, longer is a paragraph
 MAX_CODE_LINES = 16  # positives keep the first lines of a function (the signature and the start of the body)
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rows in (("train", train), ("eval", evals)):
         with open(args.out_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    print(f"{args.out_dir}: {len(train)} train and {len(evals)} eval examples from {args.source}")
+    RetrievalSet.from_examples(examples(open_rows(args.out_dir / "eval.jsonl"))).write_beir(args.out_dir / "eval-beir")
+    print(f"{args.out_dir}: {len(train)} train and {len(evals)} eval examples (also eval-beir/) from {args.source}")
     return 0
 
 

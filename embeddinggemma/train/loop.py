@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from embeddinggemma import checkpoint, sharding
+from embeddinggemma import checkpoint, retrieval, sharding
 from embeddinggemma.checkpoint import hf
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.files import OutputError, local_dir
@@ -45,7 +45,6 @@ from embeddinggemma.tokenizer import Tokenizer
 from embeddinggemma.train.checkpointing import RunCheckpoints
 from embeddinggemma.train.config import TrainConfig
 from embeddinggemma.train.data import Batches, Collator, Prompts
-from embeddinggemma.train.evaluate import EvalSet, evaluate
 from embeddinggemma.train.sources import Columns, examples, open_rows
 from embeddinggemma.train.step import TrainStep, build_train_step, split_module, training_module
 
@@ -54,6 +53,14 @@ logger = logging.getLogger(__name__)
 Status = Literal["completed", "preempted"]
 # What a run writes into output_dir (all of it is an earlier run's when a fresh run starts).
 RUN_FILES = ("checkpoints", "metrics.jsonl", "train_config.json", "export", "tensorboard", "profile")
+
+
+def _evalset(spec: str, columns: Columns | None) -> retrieval.RetrievalSet:
+    """A BEIR directory (`DIR`, or `DIR:split`; default split test), else rows in a training input format."""
+    beir = retrieval.beir_split(spec)
+    if beir is not None:
+        return retrieval.RetrievalSet.from_beir(*beir)
+    return retrieval.RetrievalSet.from_examples(examples(open_rows(spec, columns)))
 
 
 class MetricsLog:
@@ -106,11 +113,17 @@ class DeviceIdle:
         self._pending: queue.Queue = queue.Queue()
         self._done: dict[int, float] = {}
         self._dispatched: dict[int, float] = {}
-        threading.Thread(target=self._watch, daemon=True).start()
+
+    def __enter__(self) -> DeviceIdle:
+        threading.Thread(target=self._watch, name="device-idle", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pending.put(None)  # the watcher ends (a run in a notebook leaves no thread behind)
 
     def _watch(self) -> None:
-        while True:
-            step, loss = self._pending.get()
+        while (item := self._pending.get()) is not None:
+            step, loss = item
             jax.block_until_ready(loss)
             self._done[step] = time.perf_counter()
             self._pending.task_done()
@@ -181,7 +194,7 @@ class Run:
     ckpts: RunCheckpoints
     log: MetricsLog
     encoder: EmbeddingGemma
-    evalset: EvalSet | None
+    evalset: retrieval.RetrievalSet | None
     total: int
     step: int = dataclasses.field(init=False)
     unchecked: list[tuple[int, jax.Array]] = dataclasses.field(default_factory=list)  # (step, loss) not yet seen
@@ -213,7 +226,7 @@ class Run:
         columns = Columns.from_config(cfg.columns) if cfg.columns else None
         rows = open_rows(cfg.train_file, columns, skip_malformed=cfg.skip_malformed)
         batches = Batches(rows, collator, cfg.global_batch_size, cfg.seed)
-        evalset = EvalSet.from_examples(examples(open_rows(cfg.eval_file, columns)), prompts) if cfg.eval_file else None
+        evalset = _evalset(cfg.eval_file, columns) if cfg.eval_file else None
         total = _total_steps(cfg, batches.steps_per_epoch)
         ts = build_train_step(cfg, ckpt.config, mesh, total)
 
@@ -246,7 +259,9 @@ class Run:
         if self.evalset is None:
             return {}
         self.encoder.params = nnx.state(nnx.merge(self.ts.graphdef, self.frozen, self.state["params"]))
-        metrics = evaluate(self.encoder, self.evalset, self.cfg.matryoshka_dims, self.cfg.eval_batch_size)
+        dims, prompts = self.cfg.matryoshka_dims, self.collator.prompts
+        by_dim = retrieval.evaluate(self.encoder, self.evalset, dims, prompts, batch_size=self.cfg.eval_batch_size)
+        metrics = {f"eval/{dim}/{name}": value for dim, values in by_dim.items() for name, value in values.items()}
         self.log.write(self.step, metrics)
         return metrics
 
@@ -287,8 +302,9 @@ class Run:
             tqdm(
                 total=self.total, initial=self.step, desc="train", unit="step", disable=jax.process_index() != 0
             ) as bar,
+            DeviceIdle() as idle,
         ):
-            t0, examples, tokens, idle = time.perf_counter(), 0, 0, DeviceIdle()
+            t0, examples, tokens = time.perf_counter(), 0, 0
             while self.step < self.total:
                 if profile and self.step + 1 == profile[0]:
                     jax.profiler.start_trace(str(self.out / "profile"))
