@@ -162,7 +162,10 @@ def cmd_mine(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     options.window(1)  # bad options fail before anything is read
-    columns = Columns.from_config(json.loads(args.columns)) if args.columns else None
+    try:
+        columns = Columns.from_config(json.loads(args.columns)) if args.columns else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--columns {args.columns!r}: not JSON ({e.msg})") from None
     inputs = [args.input] if Path(args.input).exists() else []
     pairs = list(examples(open_rows(args.input, columns)))
     job = mining.MineJob(

@@ -132,3 +132,15 @@ def test_cli_writes_a_training_input_and_resumes_after_a_kill(tiny_dir: Path, tm
     assert "resuming:" in resumed.stderr
     assert out.read_text() == (tmp_path / "whole.jsonl").read_text()
     assert not (tmp_path / "resumed.jsonl.mining").exists()
+
+
+def test_cli_mistakes_are_one_line_before_the_model_loads(tmp_path: Path, capsys):
+    from embeddinggemma import cli
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "q", "positive": "p"}\n')
+    assert cli.main(["mine", "-i", str(pairs), "-o", str(tmp_path / "out.jsonl"), "--columns", "{bad"]) == 1
+    assert "--columns '{bad': not JSON" in capsys.readouterr().err
+    assert cli.main(["mine", "-i", str(pairs), "-o", str(pairs)]) == 1
+    assert "is also an input; writing it would destroy the input" in capsys.readouterr().err
+    assert pairs.read_text() == '{"query": "q", "positive": "p"}\n'
