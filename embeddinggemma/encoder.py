@@ -240,7 +240,7 @@ class EmbeddingGemma:
             return self._forward(self.params, tokens, valid)
         # every host holds the same batch and places only its own devices' rows
         split = sharding.batch_sharding(self.mesh)
-        tokens, valid = (jax.make_array_from_callback(x.shape, split, lambda i, x=x: x[i]) for x in (tokens, valid))
+        tokens, valid = (sharding.from_host(x, split) for x in (tokens, valid))
         with jax.set_mesh(self.mesh):
             return self._forward(self.params, tokens, valid)
 

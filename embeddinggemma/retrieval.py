@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from embeddinggemma import vectors
+from embeddinggemma import sharding, vectors
 from embeddinggemma.tokenizer import text_error
 
 logger = logging.getLogger(__name__)
@@ -82,11 +82,6 @@ def _merge_step(mesh: Mesh, k: int) -> Any:
     return jax.jit(step, in_shardings=(rep, split, split, rep, rep), out_shardings=(rep, rep))
 
 
-def _to_mesh(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Every process holds the whole array (multi-host too); each device takes its part."""
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
 class TopK:
     """The k highest-scoring corpus rows of each query, fed chunk by chunk (`add`), read by `result`."""
 
@@ -118,7 +113,7 @@ class TopK:
             c[: len(part)] = part
             rows = np.full(self.chunk, -1, np.int32)
             rows[: len(part)] = np.arange(self.seen, self.seen + len(part))
-            c_dev, rows_dev = _to_mesh(c, split), _to_mesh(rows, split)
+            c_dev, rows_dev = sharding.from_host(c, split), sharding.from_host(rows, split)
             for q0 in range(0, len(self.queries), self.block):
                 q = np.zeros((self.block, corpus.shape[1]), np.float32)
                 n = min(self.block, len(self.queries) - q0)
@@ -126,7 +121,8 @@ class TopK:
                 best_s = np.full((self.block, self.k), -np.inf, np.float32)
                 best_r = np.full((self.block, self.k), -1, np.int32)
                 best_s[:n], best_r[:n] = self.scores[q0 : q0 + n], self.rows[q0 : q0 + n]
-                s, r = step(_to_mesh(q, rep), c_dev, rows_dev, _to_mesh(best_s, rep), _to_mesh(best_r, rep))
+                q_dev, s_dev, r_dev = (sharding.from_host(x, rep) for x in (q, best_s, best_r))
+                s, r = step(q_dev, c_dev, rows_dev, s_dev, r_dev)
                 self.scores[q0 : q0 + n] = np.asarray(s.addressable_data(0))[:n]
                 self.rows[q0 : q0 + n] = np.asarray(r.addressable_data(0))[:n]
             self.seen += len(part)

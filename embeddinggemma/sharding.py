@@ -220,6 +220,11 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, _ACTIVATION_RULES))
 
 
+def from_host(x: np.ndarray, sharding: NamedSharding | jax.sharding.Sharding) -> jax.Array:
+    """A host array that every process holds whole, placed on `sharding`: each device takes only its slice."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def host_local_batch(mesh: str | Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
     """Global arrays from this host's rows: each process passes only its own part of the batch.
 

@@ -32,6 +32,7 @@ from safetensors.numpy import save_file
 from embeddinggemma.config import CheckpointError, ModelConfig
 from embeddinggemma.files import atomic_dir
 from embeddinggemma.model import EmbeddingGemmaModule
+from embeddinggemma.sharding import from_host
 
 FORMAT = "sentence-transformers"
 # Files of an ST directory we carry along verbatim (the tensors are written from the parameters).
@@ -177,7 +178,7 @@ def _place(x: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
     """Put a host array on its sharding; each device (on every host) receives only its own slice."""
     if sharding is None:
         return jnp.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return from_host(x, sharding)
 
 
 def read_params(
