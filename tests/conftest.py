@@ -17,6 +17,21 @@ def private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ[var] = str(tmp_path_factory.mktemp(name))
 
 
+@pytest.fixture(autouse=True)
+def no_in_process_compilation_cache(monkeypatch: pytest.MonkeyPatch):
+    """In-process `cli.main([...])` calls leave JAX's persistent compilation cache off. The setting is
+    process-wide, so one such call would turn it on for every later test, and jax 0.10 on the CPU aborts
+    the whole process when it loads back an executable it compiled itself. CLI tests that run the
+    command in a subprocess still use the cache (test_cli checks that a second run loads from it)."""
+    import jax
+
+    from embeddinggemma import cli
+
+    monkeypatch.setattr(cli, "enable_compilation_cache", lambda directory: None)
+    yield
+    assert not jax.config.jax_compilation_cache_dir, "a test turned JAX's persistent compilation cache on in-process"
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-embeddinggemma")
