@@ -8,9 +8,11 @@ would otherwise silently compute differently.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
@@ -148,40 +150,72 @@ class ModelConfig:
         """Read a sentence-transformers EmbeddingGemma directory (the google/embeddinggemma-300m layout)."""
         root = Path(path)
         hf = _read_json(root / "config.json")
-        modules = _read_json(root / "modules.json")
-        _check_modules(root, modules)
-        pooling = _read_json(root / modules[1]["path"] / "config.json")
-        _check_pooling(root / modules[1]["path"] / "config.json", pooling)
+        modules_file = root / "modules.json"
+        modules = _read_json(modules_file, list)
+        with reading(modules_file):
+            _check_modules(root, modules)
+            sub_dirs = [str(m["path"]) for m in modules]
+        pooling_file = root / sub_dirs[1] / "config.json"
+        with reading(pooling_file):
+            _check_pooling(pooling_file, _read_json(pooling_file))
         dense_features = []
         in_features = hf.get("hidden_size")
-        for module in modules[2:4]:
-            file = root / module["path"] / "config.json"
+        for sub in sub_dirs[2:4]:
+            file = root / sub / "config.json"
             dense = _read_json(file)
-            _check_dense(file, dense, in_features)
-            dense_features.append(int(dense["out_features"]))
+            with reading(file):
+                _check_dense(file, dense, in_features)
+                dense_features.append(int(dense["out_features"]))
             in_features = dense["out_features"]
         st_file = root / "sentence_bert_config.json"
         st = _read_json(st_file) if st_file.exists() else {}
         if st.get("do_lower_case"):
             raise CheckpointError(f"{st_file}: do_lower_case=true is not supported")
+        with reading(st_file):
+            max_seq_length = int(st.get("max_seq_length") or hf.get("max_position_embeddings", 2048))
         cst_file = root / "config_sentence_transformers.json"
         cst = _read_json(cst_file) if cst_file.exists() else {}
+        with reading(cst_file):
+            prompts = tuple((cst.get("prompts") or {}).items())
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts):
+                raise TypeError("prompts must map names to strings")
+            default_prompt_name = cst.get("default_prompt_name")
+            if default_prompt_name is not None and not isinstance(default_prompt_name, str):
+                raise TypeError(f"default_prompt_name must be a string or null, got {default_prompt_name!r}")
+        with reading(root / "config.json"):
+            encoder = _encoder_fields(root / "config.json", hf)
         return cls(
-            **_encoder_fields(root / "config.json", hf),
+            **encoder,
             dense_features=tuple(dense_features),
-            max_seq_length=int(st.get("max_seq_length") or hf.get("max_position_embeddings", 2048)),
-            prompts=tuple((cst.get("prompts") or {}).items()),
-            default_prompt_name=cst.get("default_prompt_name"),
+            max_seq_length=max_seq_length,
+            prompts=prompts,
+            default_prompt_name=default_prompt_name,
         )
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file's content, which must be a `kind` (an object, or modules.json's list)."""
     if not path.is_file():
         raise CheckpointError(f"missing file {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(content, kind):
+        raise CheckpointError(f"{path}: expected a JSON {'object' if kind is dict else 'list'}, got {content!r:.60}")
+    return content
+
+
+@contextlib.contextmanager
+def reading(file: Path) -> Iterator[None]:
+    """A value of the wrong type or a missing key while interpreting `file` (corrupt or hand-edited) is a
+    CheckpointError naming it, not a KeyError or TypeError from deep inside the parsing."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{file}: unexpected content ({type(e).__name__}: {e})") from e
 
 
 def _encoder_fields(file: Path, hf: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +294,7 @@ def _first(x: Any) -> Any:
 
 
 def _check_modules(root: Path, modules: list[dict[str, Any]]) -> None:
-    types = tuple(m.get("type") for m in modules)
+    types = tuple(m.get("type") if isinstance(m, dict) else m for m in modules)
     if types != ST_MODULE_TYPES:
         raise CheckpointError(
             f"{root / 'modules.json'}: expected the module chain {list(ST_MODULE_TYPES)}, found {list(types)}"

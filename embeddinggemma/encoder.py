@@ -157,6 +157,10 @@ class EmbeddingGemma:
             raise ValueError("pass either prompt_name or prompt, not both")
         if prompt is not None and not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if prompt is not None and (problem := text_error(prompt)):  # sentencepiece raises RuntimeError on it
+            raise ValueError(f"prompt: {problem}")
+        if prompt_name is not None and not isinstance(prompt_name, str):
+            raise TypeError(f"prompt_name must be a str, got {type(prompt_name).__name__}")
         name = prompt_name if prompt_name is not None else self.config.default_prompt_name
         if prompt is None and name is not None and name not in self.prompts:
             raise ValueError(f"unknown prompt_name {name!r}; available: {sorted(self.prompts)}")
@@ -198,8 +202,9 @@ class EmbeddingGemma:
         own progress report).
         """
         dim = self.check_dim(truncate_dim)
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = int(batch_size)
         out = np.zeros((len(ids), self.config.embedding_dim), np.float32)
         if ids:
             show = len(ids) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar

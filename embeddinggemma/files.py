@@ -49,6 +49,11 @@ def write_atomic(dest: str | Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() (disk full, file size limit) names no file: name dest
+            raise OSError(e.errno, e.strerror or str(e), str(dest)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from embeddinggemma.attention import AttentionImpl, attention
+from embeddinggemma.attention import IMPLEMENTATIONS, AttentionImpl, attention
 from embeddinggemma.config import FULL, LayerType, ModelConfig
 from embeddinggemma.sharding import constrain
 
@@ -133,6 +133,8 @@ class EmbeddingGemmaModule(nnx.Module):
         remat: bool = False,
         attention_impl: AttentionImpl = "auto",
     ):
+        if attention_impl not in IMPLEMENTATIONS:  # refused here, not at the first forward pass
+            raise ValueError(f"unknown attention implementation {attention_impl!r}; choose from {IMPLEMENTATIONS}")
         self.config = cfg
         self.dtype = dtype
         self.attention_impl = attention_impl

@@ -45,7 +45,11 @@ class Checkpoint:
 
 
 def _format(root: Path) -> ModuleType:
-    return native if native.is_native(root) else hf
+    if native.is_native(root):
+        return native
+    if (root / "params").is_dir() and not (root / "config.json").exists():  # not "missing config.json"
+        raise CheckpointError(f"{root / native.MARKER}: missing; {root} looks like a native checkpoint without it")
+    return hf
 
 
 def read_config(path_or_hub_id: str | Path) -> ModelConfig:

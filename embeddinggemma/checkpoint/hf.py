@@ -33,6 +33,7 @@ from embeddinggemma.config import CheckpointError, ModelConfig
 from embeddinggemma.files import atomic_dir
 from embeddinggemma.model import EmbeddingGemmaModule
 from embeddinggemma.sharding import from_host
+from embeddinggemma.tokenizer import Tokenizer
 
 FORMAT = "sentence-transformers"
 # Files of an ST directory we carry along verbatim (the tensors are written from the parameters).
@@ -264,6 +265,19 @@ def copy_metadata(src: Path, dst: Path) -> None:
             shutil.copyfile(src / name, dst / name)
 
 
+def check_metadata(metadata: Path) -> None:
+    """The metadata files an export copies must read back: a corrupt one (the source's, e.g. a native
+    checkpoint's hf/ folder, which loading does not read) is refused by name instead of completing an
+    output directory that cannot be loaded. The JSON files nothing here reads (tokenizer.json, ...) must parse."""
+    Tokenizer(metadata / "tokenizer.model", read_config(metadata))
+    for name in METADATA_FILES:
+        if name.endswith(".json") and (metadata / name).is_file():
+            try:
+                json.loads((metadata / name).read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{metadata / name}: invalid JSON ({e})") from e
+
+
 def write(state: nnx.State, metadata: str | Path, out_dir: str | Path, *, replace: bool = False) -> Path:
     """Write a sentence-transformers directory (`SentenceTransformer(out_dir)` loads it), atomically.
 
@@ -271,6 +285,7 @@ def write(state: nnx.State, metadata: str | Path, out_dir: str | Path, *, replac
     of a native checkpoint); the tensors come from `state`. `replace` swaps out an existing directory
     once the new one is complete.
     """
+    check_metadata(Path(metadata))
     with atomic_dir(out_dir, replace=replace) as tmp:
         copy_metadata(Path(metadata), tmp)
         files: dict[Path, dict[str, np.ndarray]] = {}
@@ -281,5 +296,8 @@ def write(state: nnx.State, metadata: str | Path, out_dir: str | Path, *, replac
             files.setdefault(tmp / file, {})[name] = x
         for file, contents in files.items():
             file.parent.mkdir(parents=True, exist_ok=True)
-            save_file(contents, str(file), metadata={"format": "pt"})
+            try:
+                save_file(contents, str(file), metadata={"format": "pt"})
+            except SafetensorError as e:  # an I/O error (a full disk) from the Rust writer
+                raise OSError(f"cannot write {out_dir}: {file.relative_to(tmp)}: {e}") from e
     return Path(out_dir)

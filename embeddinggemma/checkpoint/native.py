@@ -6,7 +6,16 @@ sentence-transformers metadata and tokenizer files, so the model exports back wi
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +25,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from embeddinggemma.checkpoint import hf
-from embeddinggemma.config import CheckpointError, ModelConfig
+from embeddinggemma.config import CheckpointError, ModelConfig, reading
 from embeddinggemma.files import atomic_dir
 from embeddinggemma.model import EmbeddingGemmaModule
 
@@ -35,9 +44,87 @@ def read_config(root: Path) -> ModelConfig:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: invalid JSON ({e})") from e
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{file}: unsupported native format version {meta.get('format_version')}")
-    return ModelConfig.from_dict(meta["config"])
+    with reading(file):
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{file}: unsupported native format version {meta.get('format_version')}")
+        return ModelConfig.from_dict(meta["config"])
+
+
+def first_line(e: BaseException) -> str:
+    """The gist of an orbax / TensorStore error: the innermost cause's first line, without the TensorStore
+    spec (pages of JSON) that some of them append."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return str(e).splitlines()[0].split(" [tensorstore_spec=")[0] if str(e) else type(e).__name__
+
+
+class _Muted(logging.Filter):
+    """Drops every record (and unraisable exception) it is given, counting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.count += 1
+        return False
+
+    def unraisable(self, unraisable: Any) -> None:
+        self.count += 1
+
+
+@contextlib.contextmanager
+def quiet_orbax(path: Path, settle_s: float = 0.2, max_wait_s: float = 2.0) -> Iterator[None]:
+    """Orbax reports a failed read or write of `path` (a corrupt file, a full disk) from its worker threads
+    too: absl ERROR logs with tracebacks, then, as TensorStore finishes the operation's other reads or writes,
+    asyncio's "exception was never retrieved", "Event loop is closed" and never-awaited coroutines, some only
+    when the process exits. The exception the caller raises says it once; the rest would turn a one-line CLI
+    error into pages of tracebacks. So they are muted: while the operation runs; after a failure, until the
+    stragglers have been quiet for `settle_s` (at most `max_wait_s`); and from then on, those that name
+    `path`, a closed event loop or a never-awaited coroutine. EMBEDDINGGEMMA_DEBUG=1 keeps them all."""
+    if os.environ.get("EMBEDDINGGEMMA_DEBUG"):
+        yield
+        return
+    muted, hook, failed = _Muted(), sys.unraisablehook, False
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    for logger in loggers:
+        logger.addFilter(muted)
+    sys.unraisablehook = muted.unraisable
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                yield
+            except BaseException:
+                failed = True
+                deadline, seen, quiet_since = time.monotonic() + max_wait_s, -1, time.monotonic()
+                while time.monotonic() < deadline and time.monotonic() - quiet_since < settle_s:
+                    gc.collect()  # a leftover future or coroutine reports when collected
+                    if muted.count != seen:
+                        seen, quiet_since = muted.count, time.monotonic()
+                    time.sleep(0.05)
+                raise
+    finally:
+        sys.unraisablehook = hook
+        for logger in loggers:
+            logger.removeFilter(muted)
+        if failed:
+            text = str(path)
+            for logger in loggers:
+                logger.addFilter(lambda record: text not in record.getMessage())
+            sys.unraisablehook = functools.partial(_unless_aftermath, sys.unraisablehook, text)
+            warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
+
+
+def _unless_aftermath(hook: Callable[[Any], None], text: str, unraisable: Any) -> None:
+    """An unraisable exception goes to `hook`, unless it is a straggler of a failed orbax operation on
+    `text` (a path), or a TensorStore callback into an event loop orbax has closed."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    if text in str(error) or text in repr(unraisable.object):
+        return
+    hook(unraisable)
 
 
 def metadata_dir(root: Path) -> Path:
@@ -60,19 +147,26 @@ def read_params(
     skeleton = nnx.state(EmbeddingGemmaModule.abstract(cfg, param_dtype=dtype))
     flat_shard = dict(shardings.flat_state()) if shardings is not None else {}
     try:
-        stored = ocp.StandardCheckpointer().metadata(directory)
-        stored_tree = getattr(stored, "item_metadata", stored)
+        with quiet_orbax(directory):
+            stored = ocp.StandardCheckpointer().metadata(directory)
+            stored_tree = getattr(stored, "item_metadata", stored)
+            if not stored_tree:  # orbax only logs that it cannot read _METADATA or the array index
+                raise CheckpointError(f"{directory}: cannot read the parameters' metadata (a missing or damaged file)")
 
-        def target(path: hf.ParamPath, var: Any) -> jax.ShapeDtypeStruct:
-            sharding = flat_shard.get(path)
-            sharding = getattr(sharding, "value", sharding) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            return jax.ShapeDtypeStruct(var.shape, _lookup(stored_tree, path).dtype, sharding=sharding)
+            def target(path: hf.ParamPath, var: Any) -> jax.ShapeDtypeStruct:
+                sharding = flat_shard.get(path)
+                sharding = getattr(sharding, "value", sharding) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                return jax.ShapeDtypeStruct(var.shape, _lookup(stored_tree, path).dtype, sharding=sharding)
 
-        abstract = hf.nest({p: target(p, v) for p, v in skeleton.flat_state()})
-        with ocp.StandardCheckpointer() as ckpt:
-            restored = ckpt.restore(directory, abstract)
-    except (FileNotFoundError, KeyError, ValueError) as e:  # a missing, partial or foreign orbax directory
-        raise CheckpointError(f"{directory}: cannot restore the parameters ({e})") from e
+            abstract = hf.nest({p: target(p, v) for p, v in skeleton.flat_state()})
+            with ocp.StandardCheckpointer() as ckpt:
+                restored = ckpt.restore(directory, abstract)
+    except CheckpointError:
+        raise
+    # A missing, partial, corrupt or foreign orbax directory: orbax and TensorStore raise many types,
+    # down to a bare Exception for a chunk that does not decompress.
+    except Exception as e:
+        raise CheckpointError(f"{directory}: cannot restore the parameters ({first_line(e)})") from e
     skeleton.replace_by_pure_dict(jax.tree.map(lambda x: x.astype(dtype), restored))
     return skeleton
 
@@ -81,9 +175,13 @@ def write(state: nnx.State, cfg: ModelConfig, metadata: str | Path, out_dir: str
     """Our checkpoint, written atomically; `metadata` supplies the ST files (see hf.write)."""
     import orbax.checkpoint as ocp
 
+    hf.check_metadata(Path(metadata))
     with atomic_dir(out_dir) as tmp:
         hf.copy_metadata(Path(metadata), tmp / "hf")
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save((tmp / "params").absolute(), nnx.to_pure_dict(state))
+        try:
+            with quiet_orbax(tmp / "params"), ocp.StandardCheckpointer() as ckpt:
+                ckpt.save((tmp / "params").absolute(), nnx.to_pure_dict(state))
+        except Exception as e:  # a full disk surfaces as ValueError("OUT_OF_RANGE: ...") with pages of spec
+            raise OSError(f"cannot write {out_dir}: {first_line(e)}") from e
         (tmp / MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION, "config": cfg.to_dict()}, indent=2))
     return Path(out_dir)

@@ -13,6 +13,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from embeddinggemma.checkpoint.native import first_line, quiet_orbax
+from embeddinggemma.config import CheckpointError
+
 
 class RunCheckpoints:
     def __init__(self, directory: str | Path, keep: int):
@@ -38,9 +41,17 @@ class RunCheckpoints:
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
         )
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
-        )
+        where = self.directory / str(step)
+        try:
+            with quiet_orbax(where):
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+                )
+        except Exception as e:  # a damaged file: orbax and TensorStore raise many types, down to Exception
+            raise CheckpointError(
+                f"{where}: cannot restore this checkpoint ({first_line(e)}); if it is damaged, move it out of "
+                f"{self.directory} to resume from the one before"
+            ) from e
         return restored["state"], restored["data"]
 
     def close(self) -> None:
