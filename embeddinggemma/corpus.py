@@ -68,31 +68,49 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(f, start=1)
 
 
-def iter_records(path: str | Path, *, text_field: str = "text") -> Iterator[Record]:
-    """The rows of a text or JSONL file, in order, each checked (UTF-8, JSON, a string text field)."""
-    path = Path(path)
-    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line; a line that is not UTF-8 is named."""
     for number, raw in _lines(path):
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as e:
             raise InputError(f"{path}:{number}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from e
-        if not line.strip():
-            continue
-        if not jsonl:
-            yield Record(number, line.rstrip("\r\n"))
-            continue
+        if line.strip():
+            yield number, line
+
+
+def iter_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file; bad JSON or a non-object is named."""
+    path = Path(path)
+    for number, line in _text_lines(path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{number}: invalid JSON ({e.msg})") from e
-        text = obj.get(text_field) if isinstance(obj, dict) else None
-        if not isinstance(text, str):
-            raise InputError(f"{path}:{number}: no string field {text_field!r}")
-        problem = text_error(text)  # a JSON \ud800 escape decodes to a lone surrogate
-        if problem:
-            raise InputError(f"{path}:{number}: field {text_field!r} is {problem}")
-        yield Record(obj.get("id", number), text)
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+        yield number, obj
+
+
+def string_field(path: str | Path, number: int, obj: dict[str, Any], key: str) -> str:
+    """`obj[key]`, which must be a string that can be tokenized (a JSON \\ud800 escape is a lone surrogate)."""
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise InputError(f"{path}:{number}: no string field {key!r}")
+    if problem := text_error(value):
+        raise InputError(f"{path}:{number}: field {key!r} is {problem}")
+    return value
+
+
+def iter_records(path: str | Path, *, text_field: str = "text") -> Iterator[Record]:
+    """The rows of a text or JSONL file, in order, each checked (UTF-8, JSON, a string text field)."""
+    path = Path(path)
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        for number, obj in iter_objects(path):
+            yield Record(obj.get("id", number), string_field(path, number, obj, text_field))
+    else:
+        for number, line in _text_lines(path):
+            yield Record(number, line.rstrip("\r\n"))
 
 
 def scan(path: str | Path, *, text_field: str = "text") -> InputSummary:

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from embeddinggemma import sharding, vectors
-from embeddinggemma.tokenizer import text_error
+from embeddinggemma.corpus import InputError, iter_objects, string_field
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ METRICS = {
     "precision@1": ("P.1", "P_1"),
 }
 DEPTH = 100  # documents retrieved per query: the deepest cutoff above
-
-
-class RetrievalDataError(ValueError):
-    """A BEIR directory that cannot be used (missing file, bad line, unknown query id)."""
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -155,15 +151,15 @@ class RetrievalSet:
         """A BEIR directory: corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels/<split>.tsv."""
         root = Path(directory)
         if not root.is_dir():
-            raise RetrievalDataError(f"{root}: not a directory (expected BEIR's corpus.jsonl, queries.jsonl, qrels/)")
+            raise InputError(f"{root}: not a directory (expected BEIR's corpus.jsonl, queries.jsonl, qrels/)")
         qrels = _read_qrels(root / "qrels" / f"{split}.tsv")
-        all_queries = {row["_id"]: row["text"] for row in _read_jsonl(root / "queries.jsonl", ("_id", "text"))}
+        all_queries = {row["_id"]: row["text"] for row in _read_jsonl(root / "queries.jsonl")}
         missing = [q for q in qrels if q not in all_queries]
         if missing:
             where = root / "qrels" / f"{split}.tsv"
-            raise RetrievalDataError(f"{where}: query id {missing[0]!r} is not in queries.jsonl")
+            raise InputError(f"{where}: query id {missing[0]!r} is not in queries.jsonl")
         doc_ids, titles, texts = [], [], []
-        for row in _read_jsonl(root / "corpus.jsonl", ("_id", "text")):
+        for row in _read_jsonl(root / "corpus.jsonl"):
             doc_ids.append(row["_id"])
             titles.append(row.get("title") or None)
             texts.append(row["text"])
@@ -211,35 +207,23 @@ def beir_split(spec: str) -> tuple[Path, str] | None:
     return (directory, split) if beir else None
 
 
-def _read_jsonl(path: Path, required: Sequence[str]) -> Iterator[dict[str, Any]]:
-    if not path.is_file():
-        raise RetrievalDataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RetrievalDataError(f"{path}:{number}: invalid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise RetrievalDataError(f"{path}:{number}: expected a JSON object")
-            row["_id"] = str(row.get("_id", ""))  # BEIR ids may be numbers
-            for key in (*required, "title"):
-                value = row.get(key)
-                if key in required and (not isinstance(value, str) or (key == "_id" and not value)):
-                    raise RetrievalDataError(f"{path}:{number}: no string field {key!r}")
-                problem = text_error(value) if isinstance(value, str) else None
-                if problem:
-                    raise RetrievalDataError(f"{path}:{number}: field {key!r} is {problem}")
-            yield row
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """BEIR rows: a non-empty `_id` (numbers allowed) and a `text`; an optional title, when a string, is checked too."""
+    for number, row in iter_objects(path):
+        row["_id"] = str(row.get("_id", ""))
+        if not row["_id"]:
+            raise InputError(f"{path}:{number}: no string field '_id'")
+        string_field(path, number, row, "text")
+        if isinstance(row.get("title"), str):
+            string_field(path, number, row, "title")
+        yield row
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """`query-id corpus-id score` rows after a header line, tab-separated."""
     if not path.is_file():
         splits = sorted(p.stem for p in path.parent.glob("*.tsv"))
-        raise RetrievalDataError(f"{path}: no such file" + (f" (splits here: {', '.join(splits)})" if splits else ""))
+        raise InputError(f"{path}: no such file" + (f" (splits here: {', '.join(splits)})" if splits else ""))
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8", newline="") as f:
         for number, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
@@ -249,9 +233,9 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 qid, did, score = row
                 qrels.setdefault(qid, {})[did] = int(score)
             except ValueError as e:
-                raise RetrievalDataError(f"{path}:{number}: expected query-id, corpus-id, integer score") from e
+                raise InputError(f"{path}:{number}: expected query-id, corpus-id, integer score") from e
     if not qrels:
-        raise RetrievalDataError(f"{path}: no judgements")
+        raise InputError(f"{path}: no judgements")
     return qrels
 
 

@@ -1,6 +1,6 @@
 """One process of tests/test_multihost.py: joins a 2-process JAX job on CPU (4 devices each), encodes
-with a mesh over all 8 devices, then fine-tunes, each process feeding only its half of every batch; then
-drops the last checkpoint (as if preempted after the one before) and resumes from the one before.
+with a mesh over all 8 devices, then fine-tunes, each process feeding only its half of every batch,
+until the test sends SIGTERM to process 0 (both must stop at the same step); then resumes to the end.
 
     python -m tests.multihost_worker TINY_DIR TRAIN_CONFIG_JSON OUT_DIR
 """
@@ -8,7 +8,6 @@ drops the last checkpoint (as if preempted after the one before) and resumes fro
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -35,13 +34,10 @@ def main(tiny_dir: str, train_config: str, out_dir: str) -> None:
     emb = EmbeddingGemma.from_pretrained(tiny_dir, mesh=MESH).encode(TEXTS)
     np.save(out / f"embeddings{jax.process_index()}.npy", emb)
     cfg = TrainConfig.from_dict(json.loads(Path(train_config).read_text()))
-    train(cfg)
-    multihost_utils.sync_global_devices("trained")
-    if jax.process_index() == 0:
-        shutil.rmtree(Path(cfg.output_dir) / "checkpoints" / str(cfg.steps))
-    multihost_utils.sync_global_devices("last checkpoint dropped")
+    preempted = train(cfg)
+    multihost_utils.sync_global_devices("preempted")
     result = train(cfg, resume=True)
-    (out / f"result{jax.process_index()}.json").write_text(json.dumps(result))
+    (out / f"result{jax.process_index()}.json").write_text(json.dumps([preempted, result]))
 
 
 if __name__ == "__main__":

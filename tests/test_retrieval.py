@@ -11,6 +11,7 @@ import pytest
 import pytrec_eval
 
 from embeddinggemma import retrieval, sharding, vectors
+from embeddinggemma.corpus import InputError
 from tests.retrieval_data import facts
 from tests.test_cli import run_cli
 
@@ -105,7 +106,7 @@ def test_evaluate_equals_pytrec_eval_on_the_same_scores(tiny_dir, tiny_model, tm
 def test_bad_beir_directories_are_named(tmp_path, breakage, message):
     _write_beir(tmp_path)
     breakage(tmp_path)
-    with pytest.raises(retrieval.RetrievalDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         retrieval.RetrievalSet.from_beir(tmp_path)
 
 

@@ -243,7 +243,7 @@ class Argv:
         self.pick("--model", [str(tiny)], [(str(root / "nope"), "nope"), (str(root / "good.txt"), "good.txt")])
         self.pick("--dtype", list(dtypes), [("float16", "float16"), ("int8", "int8")])
         self.pick("--attention", ["auto", "dense"], [("bogus", "bogus")])
-        self.pick("--mesh", ["data=1"], [("data=3", "data=3"), ("nonsense", "nonsense")])
+        self.pick("--mesh", ["data=-1"], [("data=3", "data=3"), ("nonsense", "nonsense")])
 
     def prompt_args(self) -> None:
         if self.draw(st.booleans()):

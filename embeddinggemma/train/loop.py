@@ -28,7 +28,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,8 +87,18 @@ class MetricsLog:
 
 
 @contextlib.contextmanager
-def _sigterm_flag() -> Iterator[dict[str, bool]]:
-    """{"set": True} once SIGTERM arrives; the loop checks it between steps."""
+def _preemption() -> Iterator[Callable[[int], bool]]:
+    """`preempted(step)`: whether to save and stop after `step`, the same step on every process.
+
+    One process: once SIGTERM has arrived. Several: JAX's preemption sync point. Its service (started by
+    jax.distributed.initialize) catches the SIGTERM any host gets, and every host answers True at the same
+    step; a host stopping at its own step would leave the others waiting in the checkpoint's collectives.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        yield multihost_utils.reached_preemption_sync_point
+        return
     flag = {"set": False}
 
     def handler(signum: int, frame: Any) -> None:
@@ -97,7 +107,7 @@ def _sigterm_flag() -> Iterator[dict[str, bool]]:
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield flag
+        yield lambda step: flag["set"]
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -298,7 +308,7 @@ class Run:
             self.step, self.total, prefetch=cfg.prefetch, threads=cfg.data_threads, then=self._place
         )
         with (
-            _sigterm_flag() as sigterm,
+            _preemption() as preempted,
             tqdm(
                 total=self.total, initial=self.step, desc="train", unit="step", disable=jax.process_index() != 0
             ) as bar,
@@ -337,7 +347,7 @@ class Run:
                         tok_s=f"{values['tokens_per_s']:.0f}",
                     )
                     t0, examples, tokens = time.perf_counter(), 0, 0
-                if sigterm["set"]:
+                if preempted(self.step):
                     return "preempted"
                 if self.step % cfg.save_every == 0 or self.step == self.total:
                     self.check_finite()
