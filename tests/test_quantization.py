@@ -1,0 +1,147 @@
+"""Quantized embeddings against sentence-transformers' `quantize_embeddings`, binary search against brute force."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from sentence_transformers.util.quantization import quantize_embeddings as st_quantize
+
+from embeddinggemma.quantization import binary_search, quantize_embeddings
+
+PRECISIONS = ["float32", "int8", "uint8", "binary", "ubinary"]
+ALLOWED = "float32, int8, uint8, binary, ubinary"
+
+
+def random_embeddings(rows: int, dim: int, seed: int, dtype=np.float32) -> np.ndarray:
+    """Unit rows (as the model gives), one constant dim (a zero-width range) and exact zeros (x > 0 is False)."""
+    x = np.random.default_rng(seed).normal(size=(rows, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[:, 3] = 0.25
+    x[::7, 5] = 0.0
+    return x.astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------- quantize
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("source", ["itself", "calibration", "ranges"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_quantize_equals_sentence_transformers(precision: str, source: str, dtype) -> None:
+    emb = random_embeddings(300, 45, seed=0, dtype=dtype)  # 45: binary pads the last byte
+    calibration = random_embeddings(150, 45, seed=1, dtype=dtype) * 0.7  # narrower: values outside are clipped
+    kwargs = {
+        "itself": {},
+        "calibration": {"calibration_embeddings": calibration},
+        "ranges": {"ranges": np.vstack([calibration.min(0), calibration.max(0)])},
+    }[source]
+    ours, theirs = quantize_embeddings(emb, precision, **kwargs), st_quantize(emb, precision, **kwargs)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)
+    if precision.endswith("int8") and source != "itself":
+        assert theirs.min() == np.iinfo(theirs.dtype).min and theirs.max() == np.iinfo(theirs.dtype).max  # clipped
+
+
+def test_quantize_known_values() -> None:
+    """Hand-worked: dim 0 spans [0, 255] (step 1), dim 1 has zero width (step 1 too); 9 dims pack into 2 bytes."""
+    emb = np.array([[0.0, 0.5], [255.0, 0.5], [100.7, 0.5]], np.float32)
+    np.testing.assert_array_equal(quantize_embeddings(emb, "uint8"), [[0, 0], [255, 0], [100, 0]])
+    np.testing.assert_array_equal(quantize_embeddings(emb, "int8"), [[-128, -128], [127, -128], [-28, -128]])
+    # float32 rounding: the max of [-1, 1] lands in bucket 254 (2 / (2 / 255) < 255), in the reference too
+    unit = np.array([[-1.0], [1.0]], np.float32)
+    np.testing.assert_array_equal(quantize_embeddings(unit, "uint8"), [[0], [254]])
+    np.testing.assert_array_equal(st_quantize(unit, "uint8"), [[0], [254]])
+    bits = np.array([[1, -1, 1, 1, -1, -1, -1, -1, 1]], np.float32)  # 1011 0000 | 1000 0000
+    np.testing.assert_array_equal(quantize_embeddings(bits, "ubinary"), [[0b10110000, 0b10000000]])
+    np.testing.assert_array_equal(quantize_embeddings(bits, "binary"), [[0b10110000 - 128, 0]])
+
+
+def test_quantize_refusals_and_empty() -> None:
+    one = random_embeddings(1, 8, seed=2)
+    with pytest.raises(ValueError, match="single embedding"):
+        quantize_embeddings(one, "int8")
+    with pytest.raises(ValueError, match="single embedding"):
+        st_quantize(one, "int8")  # the reference refuses it too
+    with pytest.raises(ValueError, match=f"precision must be one of {ALLOWED}; got 'int4'"):
+        quantize_embeddings(one, "int4")
+    with pytest.raises(ValueError, match="must be float"):
+        quantize_embeddings(quantize_embeddings(one, "binary"), "binary")
+    with pytest.raises(ValueError, match=r"ranges must have shape \(2, 8\)"):
+        quantize_embeddings(one, "uint8", ranges=np.zeros((2, 7)))
+    for precision, dtype, width in [("int8", np.int8, 12), ("ubinary", np.uint8, 2), ("float32", np.float32, 12)]:
+        empty = quantize_embeddings(np.zeros((0, 12), np.float32), precision)
+        assert empty.shape == (0, width) and empty.dtype == dtype
+
+
+def test_few_rows_warn(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="embeddinggemma.quantization"):
+        quantize_embeddings(random_embeddings(5, 8, seed=10), "int8")
+    assert "from 5 embeddings" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+
+def brute_force(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's rescoring over every row: float query . 0/1 sign bits, best first (stable on ties)."""
+    scores = queries.astype(np.float64) @ (corpus > 0).T.astype(np.float64)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+@pytest.mark.parametrize("precision", ["binary", "ubinary"])
+def test_binary_search_against_brute_force(precision: str) -> None:
+    corpus, queries = random_embeddings(500, 64, seed=3), random_embeddings(6, 64, seed=4)
+    packed = st_quantize(corpus, precision)
+    # every row a candidate: the rescored ranking is the brute-force one
+    rows, scores = binary_search(queries, packed, precision, top_k=5, rescore_multiplier=100)
+    expected_rows, expected_scores = brute_force(queries, corpus, 5)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-12)
+    # no rescoring: Hamming distances of the sign bits, nearest first, ties by row; chunking changes nothing
+    hamming = ((queries[:, None, :] > 0) != (corpus[None, :, :] > 0)).sum(-1)
+    nearest = np.argsort(hamming, axis=1, kind="stable")[:, :20]
+    for chunk_rows in (16384, 7):
+        rows, distances = binary_search(queries, packed, precision, top_k=20, rescore=False, chunk_rows=chunk_rows)
+        np.testing.assert_array_equal(rows, nearest)
+        np.testing.assert_array_equal(distances, np.take_along_axis(hamming, nearest, axis=1))
+    # rescoring reorders exactly the k x multiplier Hamming candidates
+    rows, scores = binary_search(queries, packed, precision, top_k=3, rescore_multiplier=4)
+    for q, candidates in enumerate(nearest[:, :12]):
+        by_score = candidates[np.argsort(-(queries[q].astype(np.float64) @ (corpus[candidates] > 0).T), kind="stable")]
+        np.testing.assert_array_equal(rows[q], by_score[:3])
+
+
+def test_binary_search_finds_the_float_top1() -> None:
+    """30 queries, each a noisy copy of a document (cosine about 0.45): by Hamming distance alone a few top-1s
+    are wrong; rescoring the 4 nearest with the float query finds every float32 top-1."""
+    rng = np.random.default_rng(11)
+    docs = rng.normal(size=(300, 256))
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    source = np.arange(0, 300, 10)
+    queries = docs[source] + rng.normal(size=(len(source), 256)) / 8
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    docs, queries = docs.astype(np.float32), queries.astype(np.float32)
+    np.testing.assert_array_equal(np.argmax(queries @ docs.T, axis=1), source)  # the float32 top-1
+    for precision in ("binary", "ubinary"):
+        packed = quantize_embeddings(docs, precision)
+        by_hamming, _ = binary_search(queries, packed, precision, top_k=1, rescore=False)
+        assert 0 < (by_hamming[:, 0] != source).sum() <= 5
+        rescored, _ = binary_search(queries, packed, precision, top_k=1, rescore_multiplier=4)
+        np.testing.assert_array_equal(rescored[:, 0], source)
+
+
+def test_binary_search_refusals() -> None:
+    corpus, queries = random_embeddings(20, 16, seed=5), random_embeddings(2, 16, seed=6)
+    with pytest.raises(ValueError, match="binary embeddings are int8, got uint8"):
+        binary_search(queries, st_quantize(corpus, "ubinary"), "binary")
+    with pytest.raises(ValueError, match="rescoring needs float query embeddings"):
+        binary_search(st_quantize(queries, "binary"), st_quantize(corpus, "binary"), "binary")
+    with pytest.raises(ValueError, match="queries pack into 1 bytes but the corpus rows are 2"):
+        binary_search(queries[:, :8], st_quantize(corpus, "binary"), "binary")
+    with pytest.raises(ValueError, match="precision must be one of binary, ubinary; got 'int8'"):
+        binary_search(queries, st_quantize(corpus, "int8"), "int8")
+    rows, _ = binary_search(st_quantize(queries, "binary"), st_quantize(corpus, "binary"), "binary", rescore=False)
+    assert rows.shape == (2, 10)
