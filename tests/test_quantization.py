@@ -1,4 +1,5 @@
-"""Quantized embeddings against sentence-transformers' `quantize_embeddings`, binary search against brute force."""
+"""Quantized embeddings against sentence-transformers' `quantize_embeddings` and `encode(precision=...)`,
+binary search against brute force."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 from sentence_transformers.util.quantization import quantize_embeddings as st_quantize
 
+from embeddinggemma import EmbeddingGemma
+from embeddinggemma.parity import SHORT
 from embeddinggemma.quantization import binary_search, quantize_embeddings
 
 PRECISIONS = ["float32", "int8", "uint8", "binary", "ubinary"]
@@ -79,6 +82,56 @@ def test_few_rows_warn(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="embeddinggemma.quantization"):
         quantize_embeddings(random_embeddings(5, 8, seed=10), "int8")
     assert "from 5 embeddings" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- encode
+
+
+TEXTS = [*SHORT[:10], "", "a", "The same text twice.", "The same text twice."]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_encode_precision_equals_sentence_transformers(tiny_model: EmbeddingGemma, tiny_st, precision: str) -> None:
+    ours = tiny_model.encode(TEXTS, precision=precision)
+    theirs = tiny_st.encode(TEXTS, precision=precision)  # int8/uint8: ranges from all of these embeddings
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    if precision == "float32":
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    elif precision.endswith("binary"):
+        np.testing.assert_array_equal(ours, theirs)
+    else:  # a float difference of 1e-6 may cross a bucket edge
+        diff = np.abs(ours.astype(int) - theirs.astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99, diff.max()
+
+
+def test_quantization_comes_after_truncation(tiny_model: EmbeddingGemma, tiny_st) -> None:
+    """Matryoshka first, then quantization: binary needs only the signs, int8 the re-normalized values."""
+    np.testing.assert_array_equal(
+        tiny_model.encode_query(TEXTS, truncate_dim=16, precision="binary"),
+        tiny_st.encode_query(TEXTS, truncate_dim=16, precision="binary"),
+    )
+    ours = tiny_model.encode_document(TEXTS, truncate_dim=16, precision="int8")
+    theirs = tiny_st.encode(TEXTS, prompt_name="document", truncate_dim=16, normalize_embeddings=True, precision="int8")
+    assert ours.shape == (len(TEXTS), 16) and np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_encode_precision_single_titles_and_errors(tiny_model: EmbeddingGemma) -> None:
+    texts, titles = SHORT[:4], ["A", None, "C", "D"]
+    floats = tiny_model.encode_document(texts, titles=titles)
+    np.testing.assert_array_equal(
+        tiny_model.encode_document(texts, titles=titles, precision="ubinary"), np.packbits(floats > 0, axis=-1)
+    )
+    one = tiny_model.encode(texts[0], precision="binary")
+    assert one.shape == (tiny_model.config.embedding_dim // 8,) and one.dtype == np.int8
+    np.testing.assert_array_equal(one, np.packbits(tiny_model.encode(texts[0]) > 0).view(np.int8) ^ np.int8(-128))
+    with pytest.raises(ValueError, match="single embedding"):
+        tiny_model.encode(texts[0], precision="uint8")
+    for call in (tiny_model.encode, tiny_model.encode_query, tiny_model.encode_document):
+        with pytest.raises(ValueError, match=f"precision must be one of {ALLOWED}; got 'float16'"):
+            call(texts, precision="float16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_model.encode_document(texts, titles=titles, precision="bits")
+    assert tiny_model.encode([], precision="ubinary").shape == (0, tiny_model.config.embedding_dim // 8)
 
 
 # ---------------------------------------------------------------------------------------------- search
