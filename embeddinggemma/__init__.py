@@ -15,7 +15,7 @@ Modules, by concern:
   checkpoint/      load / save / convert; hf (sentence-transformers directory, the key table), native (orbax),
                    hub (local directory or Hub id)
   files            atomic files and directories; output paths checked against inputs before work starts
-  corpus           text / JSONL input, resumable sharded encoding to .npy, top-k search
+  corpus           text / JSONL input, resumable sharded encoding to .npy (any precision), top-k search
   retrieval        exact top-k on the device over the mesh, BEIR directories, trec_eval metrics, evaluation
   mining           hard-negative mining with sentence-transformers' semantics, resumable
   mteb             MtebEncoder and the `mteb` command: MTEB tasks with the official entry's prompts

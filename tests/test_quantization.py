@@ -1,17 +1,21 @@
 """Quantized embeddings against sentence-transformers' `quantize_embeddings` and `encode(precision=...)`,
-binary search against brute force."""
+binary search against brute force, and `encode` / `search --precision` on the command line."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sentence_transformers.util.quantization import quantize_embeddings as st_quantize
 
 from embeddinggemma import EmbeddingGemma
+from embeddinggemma.corpus import EncodeJob, InputError, bundled_corpus
 from embeddinggemma.parity import SHORT
 from embeddinggemma.quantization import binary_search, quantize_embeddings
+from tests.test_cli import parse_hits, run_cli
 
 PRECISIONS = ["float32", "int8", "uint8", "binary", "ubinary"]
 ALLOWED = "float32, int8, uint8, binary, ubinary"
@@ -198,3 +202,119 @@ def test_binary_search_refusals() -> None:
         binary_search(queries, st_quantize(corpus, "int8"), "int8")
     rows, _ = binary_search(st_quantize(queries, "binary"), st_quantize(corpus, "binary"), "binary", rescore=False)
     assert rows.shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def test_cli_encode_and_search_quantized(tiny_dir: Path, tiny_model: EmbeddingGemma, tmp_path: Path) -> None:
+    src = bundled_corpus()
+    base = ["encode", "-i", src, "--prompt-name", "document", "--shard-size", 8, "--batch-size", 8, "--no-progress"]
+    run_cli(tiny_dir, *base, "-o", tmp_path / "f.npy")
+    floats = np.load(tmp_path / "f.npy")
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, floats[:10])  # fewer rows than the corpus: some values fall outside and are clipped
+    dim = tiny_model.config.embedding_dim
+    for precision, extra, width in [("binary", [], dim // 8), ("int8", ["--calibration", calibration], dim)]:
+        out = tmp_path / f"{precision}.npy"
+        proc = run_cli(tiny_dir, *base, "-o", out, "--precision", precision, *extra)
+        result = np.load(out)
+        expected = st_quantize(floats, precision, calibration_embeddings=floats[:10] if extra else None)
+        assert result.dtype == np.int8 and result.shape == (len(floats), width) == expected.shape
+        np.testing.assert_array_equal(result, expected)  # the same floats, quantized with one set of ranges
+        assert f"wrote {out}: {len(floats)} x {width} int8" in proc.stdout
+
+    query = "Which planet is known as the Red Planet?"
+    found = parse_hits(
+        run_cli(
+            tiny_dir, "search", "--corpus", tmp_path / "binary.npy", "--texts", src, "--precision", "binary",
+            "-q", query, "-k", 3, "--rescore-multiplier", 10,  # 30 candidates: the whole corpus is rescored
+        ).stdout
+    )  # fmt: skip
+    ids = [json.loads(line)["id"] for line in src.read_text(encoding="utf-8").splitlines()]
+    rows, scores = brute_force(tiny_model.encode_query([query]), floats, 3)
+    assert [h[0] for h in found] == [ids[i] for i in rows[0]]
+    np.testing.assert_allclose([h[1] for h in found], scores[0], atol=2e-3)
+
+
+class FailsAfter:
+    """The model, except that `encode_ids` raises after `n` calls (an interrupted run)."""
+
+    def __init__(self, model: EmbeddingGemma, n: int):
+        self._model, self._left = model, n
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def encode_ids(self, *args, **kwargs):
+        if self._left == 0:
+            raise KeyboardInterrupt
+        self._left -= 1
+        return self._model.encode_ids(*args, **kwargs)
+
+
+def test_resume_with_another_precision_is_refused(tiny_dir: Path, tiny_model: EmbeddingGemma, tmp_path: Path) -> None:
+    src, out = bundled_corpus(), tmp_path / "u.npy"
+    run = {"model_id": str(tiny_dir), "prompt_name": "document", "batch_size": 8, "progress": False}
+    with pytest.raises(KeyboardInterrupt):
+        EncodeJob.prepare(src, out, shard_size=8, precision="ubinary").run(FailsAfter(tiny_model, 1), **run)
+    work = tmp_path / "u.npy.partial"
+    assert [p.name for p in work.glob("shard-*.npy")] == ["shard-000000.npy"]
+    assert json.loads((work / "manifest.json").read_text())["precision"] == "ubinary"
+
+    base = ["encode", "-i", src, "-o", out, "--prompt-name", "document", "--shard-size", 8, "--batch-size", 8]
+    proc = run_cli(tiny_dir, *base, "--precision", "binary", ok=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "unfinished run with different precision (was 'ubinary', now 'binary')" in proc.stderr
+    proc = run_cli(tiny_dir, *base, ok=False)  # float32, the default
+    assert "different precision (was 'ubinary', now 'float32')" in proc.stderr
+    assert [p.name for p in work.glob("shard-*.npy")] == ["shard-000000.npy"], "a refused run changes nothing"
+
+    resumed = run_cli(tiny_dir, *base, "--precision", "ubinary")
+    assert "resuming: 1 of 4 shards already done" in resumed.stderr
+    texts = [json.loads(line)["text"] for line in src.read_text(encoding="utf-8").splitlines()]
+    expected = st_quantize(tiny_model.encode_document(texts), "ubinary")
+    np.testing.assert_array_equal(np.load(out), expected)
+
+    # int8: the calibration is part of the encoding too (in-process: refused before anything is embedded)
+    calibration = [tmp_path / "c1.npy", tmp_path / "c2.npy"]
+    np.save(calibration[0], random_embeddings(50, 48, seed=7))
+    np.save(calibration[1], random_embeddings(50, 48, seed=8))
+    out = tmp_path / "i.npy"
+    with pytest.raises(KeyboardInterrupt):
+        job = EncodeJob.prepare(src, out, shard_size=8, precision="int8", calibration=calibration[0])
+        job.run(FailsAfter(tiny_model, 1), **run)
+    with pytest.raises(InputError, match="different ranges_sha256"):
+        EncodeJob.prepare(src, out, shard_size=8, precision="int8", calibration=calibration[1]).run(tiny_model, **run)
+
+
+def test_cli_precision_mistakes_are_one_line(tiny_dir: Path, tmp_path: Path) -> None:
+    src = bundled_corpus()
+    proc = run_cli(tiny_dir, "encode", "-i", src, "-o", tmp_path / "x.npy", "--precision", "int4", ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "embeddinggemma encode: error: argument --precision: invalid choice: 'int4' "
+        "(choose from 'float32', 'int8', 'uint8', 'binary', 'ubinary')"
+    )
+    proc = run_cli(tiny_dir, "search", "-q", "x", "--precision", "int8", ok=False)
+    assert proc.returncode == 2 and "choose from 'float32', 'binary', 'ubinary'" in proc.stderr.splitlines()[-1]
+    floats = tmp_path / "f.npy"
+    np.save(floats, random_embeddings(4, 48, seed=9))
+    encode = ["encode", "-i", src, "-o", tmp_path / "x.npy"]
+    mistakes = [
+        ([*encode, "--precision", "uint8"], "precision uint8 needs calibration"),
+        ([*encode, "--calibration", floats], "precision float32 uses none"),
+        ([*encode, "--precision", "binary", "--truncate-dim", 20], "multiple of 8"),
+        (
+            [*encode, "--precision", "int8", "--calibration", floats, "--truncate-dim", 16],
+            "the calibration embeddings are 48-d but this encode writes 16-d ones",
+        ),
+        (["search", "-c", floats, "-q", "x", "--precision", "ubinary"], "expected a non-empty (rows, dim) uint8"),
+    ]
+    np.save(tmp_path / "b.npy", quantize_embeddings(np.load(floats), "binary"))
+    mistakes.append((["search", "-c", tmp_path / "b.npy", "-q", "x"], "need their precision (--precision binary"))
+    for args, message in mistakes:
+        proc = run_cli(tiny_dir, *args, ok=False)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"embeddinggemma {args[0]}: error: ") and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "x.npy.partial").exists()
