@@ -9,11 +9,13 @@ Modules, by concern:
   tokenizer        SentencePiece with <bos> ... <eos> framing and truncation
   batching         length buckets, padded row counts, padding (encoding and training)
   vectors          host-side embedding math: L2 normalization, Matryoshka truncation, cosine, top-k
+  quantization     int8 / uint8 / binary / ubinary embeddings as sentence-transformers' quantize_embeddings,
+                   and binary search (Hamming candidates rescored with the float query)
   sharding         device meshes, logical-axis rules, parameter / batch / activation shardings, multi-host input
   checkpoint/      load / save / convert; hf (sentence-transformers directory, the key table), native (orbax),
                    hub (local directory or Hub id)
   files            atomic files and directories; output paths checked against inputs before work starts
-  corpus           text / JSONL input, resumable sharded encoding to .npy, top-k search
+  corpus           text / JSONL input, resumable sharded encoding to .npy (any precision), top-k search
   retrieval        exact top-k on the device over the mesh, BEIR directories, trec_eval metrics, evaluation
   mining           hard-negative mining with sentence-transformers' semantics, resumable
   mteb             MtebEncoder and the `mteb` command: MTEB tasks with the official entry's prompts

@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from embeddinggemma import aot, benchmark, corpus, mteb, parity
+from embeddinggemma import aot, benchmark, corpus, mteb, parity, quantization
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.files import check_outputs, write_atomic
@@ -71,6 +71,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
         text_field=args.text_field,
         shard_size=args.shard_size,
         overwrite=args.overwrite,
+        precision=args.precision,
+        calibration=args.calibration,
     )
     model = load_model(args)
     emb = job.run(
@@ -83,20 +85,26 @@ def cmd_encode(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         log=lambda msg: print(msg, file=sys.stderr),
     )
-    print(f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} float32")
+    packed = f" ({args.precision}: 8 dims a byte)" if args.precision in quantization.BINARY_PRECISIONS else ""
+    print(f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} {emb.dtype}{packed}")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     source = Path(args.corpus) if args.corpus else corpus.bundled_corpus()
     if source.suffix == ".npy":
         records = corpus.read_records(args.texts, text_field=args.text_field) if args.texts else None
-        corpus_emb = corpus.load_embeddings(source, rows=len(records) if records else None)
+        corpus_emb = corpus.load_embeddings(source, rows=len(records) if records else None, precision=args.precision)
         model = load_model(args)
     else:
         records = corpus.read_records(source, text_field=args.text_field)
         model = load_model(args)
+        # a text corpus is embedded here and searched at the requested precision, e.g. to compare with float32
         corpus_emb = model.encode_document([r.text for r in records], batch_size=args.batch_size)
-    for query, hits in zip(args.query, corpus.search(model, args.query, corpus_emb, args.k), strict=True):
+        corpus_emb = quantization.quantize_embeddings(corpus_emb, args.precision)
+    results = corpus.search(
+        model, args.query, corpus_emb, args.k, precision=args.precision, rescore_multiplier=args.rescore_multiplier
+    )
+    for query, hits in zip(args.query, results, strict=True):
         print(query)
         for rank, (row, score) in enumerate(hits, start=1):
             label = f"{records[row].id}  {_clip(records[row].text)}" if records else f"row {row}"
@@ -356,12 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
         "An interrupted run resumes from its last finished shard when rerun with the same arguments.",
     )
     p.add_argument("--input", "-i", required=True, help="a .txt file (one text a line) or .jsonl file")
-    p.add_argument("--output", "-o", required=True, help="the .npy to write (float32, one row per text)")
+    p.add_argument(
+        "--output", "-o", required=True, help="the .npy to write (a row per text; float32 or --precision's dtype)"
+    )
     p.add_argument("--ids-output", help="also write a JSONL with each row's id (JSONL id field, else line number)")
     p.add_argument("--overwrite", action="store_true", help="replace --output / --ids-output if they exist")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("--shard-size", type=_positive_int, default=2048, help="texts per resumable shard (default: 2048)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--precision",
+        choices=quantization.PRECISIONS,
+        default="float32",
+        help="quantize as sentence-transformers' quantize_embeddings: int8/uint8 (one byte a dim, needs "
+        "--calibration), binary/ubinary (one bit a dim, packed into int8/uint8 bytes) (default: float32)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="int8/uint8: a .npy of float embeddings (e.g. a float32 encode of a sample) whose per-dim min and "
+        "max set the 255 buckets of every shard",
+    )
     _add_prompt_args(p)
     _add_model_args(p)
     _add_cache_args(p)
@@ -384,6 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", help="with a .npy corpus: the file it was encoded from, to print the texts")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("-k", type=_positive_int, default=10, help="results per query (default: 10)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", *quantization.BINARY_PRECISIONS),
+        default="float32",
+        help="the corpus embeddings' precision: binary/ubinary (from encode --precision; a text corpus is "
+        "quantized to it) are searched by Hamming distance and the candidates rescored with the float query "
+        "(default: float32, cosine)",
+    )
+    p.add_argument(
+        "--rescore-multiplier",
+        type=_positive_int,
+        default=4,
+        metavar="M",
+        help="binary/ubinary: rescore the k x M nearest by Hamming distance (default: 4)",
+    )
     _add_model_args(p)
     _add_cache_args(p)
     p.set_defaults(func=cmd_search)

@@ -7,6 +7,11 @@ shards of `shard_size` texts.
 Each finished shard is saved atomically in `OUT.partial/`; a rerun of the same command skips the shards
 already there, so an interrupted run loses at most one shard of work and never duplicates one. The final
 .npy is assembled under a temporary name and renamed, so the output path never holds a half-written file.
+
+`precision` writes quantized embeddings (`embeddinggemma.quantization`): each shard is quantized as it is
+finished, so int8/uint8 need ranges fixed before the first shard, from a calibration file of float
+embeddings; the manifest records the precision and those ranges, so a resumed run never mixes encodings.
+`search` takes float32 embeddings, or binary/ubinary ones (Hamming candidates rescored with float queries).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from embeddinggemma import vectors
+from embeddinggemma import quantization, vectors
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.files import check_outputs, write_atomic
+from embeddinggemma.quantization import BINARY_PRECISIONS, Precision
 from embeddinggemma.tokenizer import text_error
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -143,19 +149,49 @@ def _shard_path(work: Path, index: int) -> Path:
     return work / f"shard-{index:06d}.npy"
 
 
-def check_manifest(file: Path, manifest: dict[str, Any]) -> None:
-    """Resume only a run made with the same input and settings (recorded in `file`); otherwise say what differs."""
+def check_manifest(file: Path, manifest: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+    """Resume only a run made with the same input and settings (recorded in `file`); otherwise say what differs.
+
+    `defaults` are the values of keys that manifests written before those keys existed lack.
+    """
     work = file.parent
     if file.is_file():
-        old = json.loads(file.read_text())
+        old = {**(defaults or {}), **json.loads(file.read_text())}
         changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
         if changed:
+            what = ", ".join(_change(old, manifest, key) for key in changed)
             raise InputError(
-                f"{work} holds an unfinished run with different {', '.join(changed)}; "
+                f"{work} holds an unfinished run with different {what}; "
                 "rerun it with the same input and options to resume, or delete that directory to start over"
             )
     else:
         write_atomic(file, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+
+
+def _change(old: dict[str, Any], new: dict[str, Any], key: str) -> str:
+    """`key`, with its old and new values when they are short enough to read (not digests)."""
+    values = old.get(key), new.get(key)
+    if all(isinstance(v, str | int) and len(str(v)) <= 32 for v in values):
+        return f"{key} (was {values[0]!r}, now {values[1]!r})"
+    return key
+
+
+def load_calibration(path: str | Path, precision: Precision) -> np.ndarray:
+    """int8/uint8 ranges ((2, dim): each dim's min and max) from a .npy of float embeddings."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        cal = np.load(path, mmap_mode="r")
+    except ValueError as e:
+        raise InputError(f"{path}: not a .npy array file ({e})") from e
+    if cal.ndim != 2 or cal.dtype.kind != "f" or len(cal) == 0:
+        raise InputError(
+            f"{path}: calibration embeddings must be a non-empty (rows, dim) float array, got {cal.dtype} {cal.shape}"
+        )
+    if not np.isfinite(cal).all():
+        raise InputError(f"{path}: calibration embeddings hold NaN or inf")
+    return quantization.quantization_ranges(cal, precision, cal)
 
 
 @dataclass(frozen=True)
@@ -169,6 +205,8 @@ class EncodeJob:
     summary: InputSummary
     text_field: str
     shard_size: int
+    precision: Precision = "float32"
+    ranges: np.ndarray | None = None  # int8/uint8: (2, dim), from the calibration embeddings
 
     @classmethod
     def prepare(
@@ -180,24 +218,46 @@ class EncodeJob:
         text_field: str = "text",
         shard_size: int = 2048,
         overwrite: bool = False,
+        precision: Precision = "float32",
+        calibration: str | Path | None = None,
     ) -> EncodeJob:
         """Validate the input and the outputs: no output may be the input or another output, or exist
-        already (unless `overwrite`), and each must be writable."""
+        already (unless `overwrite`), and each must be writable.
+
+        `precision` int8/uint8 needs `calibration`, a .npy of float embeddings (e.g. a float32 `encode` of
+        a sample of the corpus) whose per-dim min and max set the buckets of every shard; the same file
+        quantizes queries the same way later. Ranges from the first shard instead would depend on the
+        shard size and order, and could not be reproduced for the queries.
+        """
         src, out = Path(src), Path(out)
         ids_out = Path(ids_out) if ids_out is not None else None
         if not isinstance(shard_size, int) or shard_size < 1:
             raise InputError(f"shard size must be a positive integer, got {shard_size!r}")
+        quantization.check_precision(precision)
+        ranges = None
+        if precision in ("int8", "uint8"):
+            if calibration is None:
+                raise InputError(
+                    f"precision {precision} needs calibration embeddings (a .npy of float embeddings, e.g. a "
+                    "float32 encode of a sample of the corpus): their per-dim min and max fix the buckets "
+                    "of every shard, and of the queries later"
+                )
+        elif calibration is not None:
+            raise InputError(f"calibration embeddings set int8/uint8 ranges; precision {precision} uses none")
         summary = scan(src, text_field=text_field)
         work = out.with_name(out.name + ".partial")
         outputs = {"--output": out, "--ids-output": ids_out}
+        inputs = [src] if calibration is None else [src, Path(calibration)]
         if ids_out is not None and ids_out.exists() and _ids_written(work) == str(ids_out.resolve()):
             # A run of this command stopped (disk full, killed) after writing --ids-output, which comes first:
             # that file is the run's own, and the rerun replaces it; the output must still be new.
-            check_outputs(outputs, [src], overwrite=True)
-            check_outputs({"--output": out}, [src], overwrite=overwrite)
+            check_outputs(outputs, inputs, overwrite=True)
+            check_outputs({"--output": out}, inputs, overwrite=overwrite)
         else:
-            check_outputs(outputs, [src], overwrite=overwrite)
-        return cls(src, out, ids_out, work, summary, text_field, shard_size)
+            check_outputs(outputs, inputs, overwrite=overwrite)
+        if calibration is not None:
+            ranges = load_calibration(calibration, precision)
+        return cls(src, out, ids_out, work, summary, text_field, shard_size, precision, ranges)
 
     def _records(self) -> Iterator[Record]:
         return iter_records(self.src, text_field=self.text_field)
@@ -214,12 +274,20 @@ class EncodeJob:
         progress: bool = True,
         log: Callable[[str], None] = print,
     ) -> np.ndarray:
-        """Embed every row into `out` (float32, (rows, dim)), resuming finished shards; returns it memory-mapped.
+        """Embed every row into `out` ((rows, dim) float32, or quantized to the job's precision), resuming
+        finished shards; returns it memory-mapped.
 
         `model_id` names the checkpoint in the resume manifest, so a rerun with another model mixes nothing.
         """
         prefix = model.prompt_prefix(prompt_name, prompt)
         dim = model.check_dim(truncate_dim)
+        precision, ranges = self.precision, self.ranges
+        if ranges is not None and ranges.shape[1] != dim:
+            raise InputError(f"the calibration embeddings are {ranges.shape[1]}-d but this encode writes {dim}-d ones")
+        if precision in BINARY_PRECISIONS and dim % 8:
+            # packed bytes alone would not say how many of the last byte's bits are dims, so search could not
+            # embed queries at the right width
+            raise InputError(f"precision {precision} packs 8 dims a byte: the dim must be a multiple of 8, got {dim}")
         rows, size = self.summary.count, self.shard_size
         manifest = {
             "version": MANIFEST_VERSION,
@@ -231,9 +299,12 @@ class EncodeJob:
             "prompt": prefix,
             "dim": dim,
             "shard_size": size,
+            "precision": precision,
         }
+        if ranges is not None:
+            manifest["ranges_sha256"] = hashlib.sha256(np.ascontiguousarray(ranges, "<f4").tobytes()).hexdigest()
         self.work.mkdir(parents=True, exist_ok=True)
-        check_manifest(self.work / MANIFEST, manifest)
+        check_manifest(self.work / MANIFEST, manifest, defaults={"precision": "float32"})  # runs before precision
         n_shards = -(-rows // size)
         done = {i for i in range(n_shards) if _shard_path(self.work, i).is_file()}
         if done:
@@ -259,13 +330,16 @@ class EncodeJob:
                     show_progress_bar=False,
                     on_batch=functools.partial(report, ids),
                 )
+                if precision != "float32":
+                    emb = quantization.quantize_embeddings(emb, precision, ranges=ranges)
                 write_atomic(_shard_path(self.work, index), lambda f, emb=emb: np.save(f, emb))
         if self.ids_out is not None:
             ids_out = str(self.ids_out.resolve())
             write_atomic(self.work / IDS_WRITTEN, lambda f: f.write(ids_out.encode()))
             lines = (json.dumps({"id": r.id}) + "\n" for r in self._records())
             write_atomic(self.ids_out, lambda f: f.writelines(line.encode() for line in lines))
-        write_atomic(self.out, lambda f: _concatenate(self.work, n_shards, rows, dim, f))
+        width, dtype = quantization.output_width(precision, dim), quantization.output_dtype(precision)
+        write_atomic(self.out, lambda f: _concatenate(self.work, n_shards, rows, width, dtype, f))
         shutil.rmtree(self.work)
         return np.load(self.out, mmap_mode="r")
 
@@ -275,8 +349,9 @@ def _ids_written(work: Path) -> str | None:
     return file.read_text(encoding="utf-8", errors="replace") if file.is_file() else None
 
 
-def load_embeddings(path: str | Path, *, rows: int | None = None) -> np.ndarray:
-    """A 2-D float .npy written by `encode` (memory-mapped), optionally checked against a row count."""
+def load_embeddings(path: str | Path, *, rows: int | None = None, precision: Precision = "float32") -> np.ndarray:
+    """A 2-D .npy written by `encode` (memory-mapped): float, or of `precision`'s dtype; optionally checked
+    against a row count."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -284,38 +359,64 @@ def load_embeddings(path: str | Path, *, rows: int | None = None) -> np.ndarray:
         emb = np.load(path, mmap_mode="r")
     except ValueError as e:
         raise InputError(f"{path}: not a .npy array file ({e})") from e
-    if emb.ndim != 2 or emb.dtype.kind != "f" or len(emb) == 0:
-        raise InputError(f"{path}: expected a non-empty (rows, dim) float array, got {emb.dtype} {emb.shape}")
+    expected = "float" if precision == "float32" else f"{quantization.output_dtype(precision)} ({precision})"
+    ok = emb.dtype.kind == "f" if precision == "float32" else emb.dtype == quantization.output_dtype(precision)
+    if emb.ndim != 2 or not ok or len(emb) == 0:
+        hint = ""
+        if precision == "float32" and emb.dtype in (np.int8, np.uint8):
+            hint = "; binary (int8) or ubinary (uint8) embeddings need their precision (--precision binary / ubinary)"
+        raise InputError(
+            f"{path}: expected a non-empty (rows, dim) {expected} array, got {emb.dtype} {emb.shape}{hint}"
+        )
     if rows is not None and rows != len(emb):
         raise InputError(f"{path} has {len(emb)} rows but the texts file has {rows}")
     return emb
 
 
-def _concatenate(work: Path, n_shards: int, rows: int, dim: int, f: BinaryIO) -> None:
-    """Stream the shards into one .npy (header, then rows), checking each shard's shape on the way."""
-    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+def _concatenate(work: Path, n_shards: int, rows: int, width: int, dtype: np.dtype, f: BinaryIO) -> None:
+    """Stream the shards into one .npy (header, then rows), checking each shard's shape and dtype on the way."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    np.lib.format.write_array_header_1_0(f, {"descr": dtype.str, "fortran_order": False, "shape": (rows, width)})
     written = 0
     for index in range(n_shards):
         shard = np.load(_shard_path(work, index))
-        if shard.ndim != 2 or shard.shape[1] != dim:
-            raise InputError(f"{_shard_path(work, index)} has shape {shard.shape}; delete {work} and rerun")
-        f.write(np.ascontiguousarray(shard, "<f4").tobytes())
+        if shard.ndim != 2 or shard.shape[1] != width or shard.dtype.newbyteorder("<") != dtype:
+            raise InputError(f"{_shard_path(work, index)} is {shard.dtype} {shard.shape}; delete {work} and rerun")
+        f.write(np.ascontiguousarray(shard, dtype).tobytes())
         written += len(shard)
     if written != rows:
         raise InputError(f"{work}: shards hold {written} rows, expected {rows}; delete {work} and rerun")
 
 
-def search(model: EmbeddingGemma, queries: list[str], corpus_emb: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """(row, cosine score) of the k best corpus rows for each query, best first.
+def search(
+    model: EmbeddingGemma,
+    queries: list[str],
+    corpus_emb: np.ndarray,
+    k: int,
+    *,
+    precision: Precision = "float32",
+    rescore_multiplier: int = 4,
+) -> list[list[tuple[int, float]]]:
+    """(row, score) of the k best corpus rows for each query, best first.
 
     Queries get the "query" prompt and are truncated to the corpus embeddings' width (Matryoshka), so
-    embeddings saved with `--truncate-dim` are searched at that width.
+    embeddings saved with `--truncate-dim` are searched at that width. Scores are cosines for a float32
+    corpus; for a binary/ubinary one they are `quantization.binary_search`'s rescored dot products of the
+    float query with the k x `rescore_multiplier` rows nearest in Hamming distance.
     """
-    full, width = model.config.embedding_dim, corpus_emb.shape[1]
+    quantization.check_precision(precision, ("float32", *BINARY_PRECISIONS))
+    full = model.config.embedding_dim
+    width = corpus_emb.shape[1] * 8 if precision in BINARY_PRECISIONS else corpus_emb.shape[1]
     if width > full:
         raise InputError(f"the corpus embeddings are {width}-d but this model gives {full}-d embeddings")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
+    if precision in BINARY_PRECISIONS:
+        query_emb = model.encode_query(queries, truncate_dim=width)
+        best, best_scores = quantization.binary_search(
+            query_emb, corpus_emb, precision, top_k=k, rescore_multiplier=rescore_multiplier
+        )
+        return [list(zip(map(int, i), map(float, s), strict=True)) for i, s in zip(best, best_scores, strict=True)]
     scores = model.similarity(model.encode_query(queries, truncate_dim=width), corpus_emb)
     best, best_scores = vectors.top_k(scores, k)
     return [list(zip(map(int, i), map(float, s), strict=True)) for i, s in zip(best, best_scores, strict=True)]

@@ -24,6 +24,7 @@ from embeddinggemma.attention import AttentionImpl
 from embeddinggemma.compile_options import compiler_options
 from embeddinggemma.config import DTypeName, ModelConfig
 from embeddinggemma.model import EmbeddingGemmaModule
+from embeddinggemma.quantization import Precision, check_precision, quantize_embeddings
 from embeddinggemma.tokenizer import Tokenizer, text_error
 
 logger = logging.getLogger(__name__)
@@ -106,16 +107,22 @@ class EmbeddingGemma:
         truncate_dim: int | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
+        precision: Precision = "float32",
     ) -> np.ndarray:
         """Embed text(s): (dim,) for a str, (n, dim) for a list. float32, L2-normalized.
 
         `prompt_name` picks a prompt from `self.prompts`; `prompt` is a literal prefix. `truncate_dim`
         (any 1..768; the model was trained for 768/512/256/128) keeps the first dims and re-normalizes.
+        `precision` ("int8", "uint8", "binary", "ubinary") quantizes the result last, as sentence-transformers'
+        `encode(precision=...)`: int8/uint8 take their ranges from all the embeddings of this call (so one
+        text alone is an error; use `quantization.quantize_embeddings` with calibration embeddings for
+        ranges shared between calls), binary/ubinary pack one bit a dim into (n, ceil(dim / 8)) bytes.
         """
+        check_precision(precision)
         single, items = _as_list(texts)
         prefix = self.prompt_prefix(prompt_name, prompt)
         emb = self._embed([prefix + t for t in items], truncate_dim, batch_size, show_progress_bar)
-        return emb[0] if single else emb
+        return _finish(emb, single, precision)
 
     def encode_query(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """`encode` with the "query" prompt ("task: search result | query: ")."""
@@ -138,12 +145,13 @@ class EmbeddingGemma:
         if title_single != single or len(title_items) != len(items):
             raise ValueError(f"got {len(items)} texts but {len(title_items)} titles")
         full = [f"title: {t if t is not None else 'none'} | text: {x}" for t, x in zip(title_items, items, strict=True)]
+        precision = check_precision(kwargs.pop("precision", "float32"))
         emb = self._embed(
             full, kwargs.pop("truncate_dim", None), kwargs.pop("batch_size", 32), kwargs.pop("show_progress_bar", None)
         )
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
-        return emb[0] if single else emb
+        return _finish(emb, single, precision)
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -262,6 +270,14 @@ class EmbeddingGemma:
     def save_pretrained(self, out_dir: str | Path, *, format: checkpoint.Format = "sentence-transformers") -> Path:
         """Write a sentence-transformers directory (default) or our native orbax checkpoint."""
         return checkpoint.save(self.params, self.config, self.metadata_dir, out_dir, format=format)
+
+
+def _finish(emb: np.ndarray, single: bool, precision: Precision) -> np.ndarray:
+    """The embeddings of all texts quantized together (the order of sentence-transformers' encode: normalize,
+    truncate, then quantize), and the one row of a single text."""
+    if precision != "float32":
+        emb = quantize_embeddings(emb, precision)
+    return emb[0] if single else emb
 
 
 def _as_list(texts: Any, *, what: str = "texts", allow_none_items: bool = False) -> tuple[bool, list]:
