@@ -178,17 +178,7 @@ def _change(old: dict[str, Any], new: dict[str, Any], key: str) -> str:
 
 def load_calibration(path: str | Path, precision: Precision) -> np.ndarray:
     """int8/uint8 ranges ((2, dim): each dim's min and max) from a .npy of float embeddings."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        cal = np.load(path, mmap_mode="r")
-    except ValueError as e:
-        raise InputError(f"{path}: not a .npy array file ({e})") from e
-    if cal.ndim != 2 or cal.dtype.kind != "f" or len(cal) == 0:
-        raise InputError(
-            f"{path}: calibration embeddings must be a non-empty (rows, dim) float array, got {cal.dtype} {cal.shape}"
-        )
+    cal = load_embeddings(path)
     if not np.isfinite(cal).all():
         raise InputError(f"{path}: calibration embeddings hold NaN or inf")
     return quantization.quantization_ranges(cal, precision, cal)
