@@ -28,6 +28,10 @@ from embeddinggemma.train import benchmark as train_benchmark
 PROG = "embeddinggemma"
 # A failure the user can cause (a bad file, option or value, a missing optional dependency, a diverged run).
 USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+OUT_OF_MEMORY = (
+    "out of device memory: lower --batch-size (training: global_batch_size, or set grad_cache_chunk), "
+    "use --dtype bfloat16, or spread the work over more devices with --mesh"
+)
 PREEMPTED = 143  # `train` after SIGTERM, once its checkpoint is saved: rerun with --resume
 
 
@@ -601,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("EMBEDDINGGEMMA_DEBUG"):
             raise
         print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # XLA's out-of-memory is a JaxRuntimeError; the user's settings cause it
+        if os.environ.get("EMBEDDINGGEMMA_DEBUG") or "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"{PROG} {args.command}: error: {OUT_OF_MEMORY} ({str(e).splitlines()[0]})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         resume = "; rerun the same command to resume from the last finished shard" if args.command == "encode" else ""

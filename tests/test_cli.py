@@ -256,6 +256,22 @@ def test_command_mistakes_are_one_line(case: str, tiny_dir: Path, bad_files: Pat
         assert proc.stderr.strip().splitlines()[-1].startswith(f"embeddinggemma {args[0]}: error: ")
 
 
+def test_out_of_device_memory_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A real XLA out-of-memory (4 TiB on the host device) inside a command: one line saying what to lower."""
+    import jax.numpy as jnp
+
+    from embeddinggemma import cli
+
+    def allocate(args) -> None:
+        jax.block_until_ready(jnp.zeros((2**40,), jnp.float32) + 1)
+
+    monkeypatch.setattr(cli, "cmd_info", allocate)
+    assert cli.main(["info", "--no-compilation-cache"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("embeddinggemma info: error: out of device memory"), err
+    assert "--batch-size" in err and "RESOURCE_EXHAUSTED" in err, err
+
+
 def test_overwrite_replaces_an_existing_output(tiny_dir: Path, bad_files: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.npy"
     out.write_text("an earlier result")
