@@ -219,15 +219,17 @@ def test_device_idle_is_the_wait_between_a_step_finishing_and_the_next_dispatch(
     interval measures from the last step of the previous one."""
     import jax.numpy as jnp
 
-    idle = loop.DeviceIdle()
-    idle.dispatched(1, jnp.zeros(()))
-    time.sleep(0.2)
-    idle.dispatched(2, jnp.zeros(()))
-    idle.dispatched(3, jnp.zeros(()))
-    assert 0.09 <= idle.take() <= 0.15
-    time.sleep(0.3)
-    idle.dispatched(4, jnp.zeros(()))
-    assert 0.29 <= idle.take() <= 0.4
+    with loop.DeviceIdle() as idle:  # its watcher thread runs inside the block
+        idle.dispatched(1, jnp.zeros(()))
+        time.sleep(0.2)
+        idle.dispatched(2, jnp.zeros(()))
+        idle.dispatched(3, jnp.zeros(()))
+        assert 0.09 <= idle.take() <= 0.15
+        time.sleep(0.3)
+        idle.dispatched(4, jnp.zeros(()))
+        assert 0.29 <= idle.take() <= 0.4
+    with pytest.raises(RuntimeError, match="inside `with DeviceIdle"):  # not a silent hang
+        idle.take()
 
 
 BAD_CONFIG_VALUES = {

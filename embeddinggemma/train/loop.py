@@ -123,9 +123,11 @@ class DeviceIdle:
         self._pending: queue.Queue = queue.Queue()
         self._done: dict[int, float] = {}
         self._dispatched: dict[int, float] = {}
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> DeviceIdle:
-        threading.Thread(target=self._watch, name="device-idle", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name="device-idle", daemon=True)
+        self._watcher.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,6 +146,8 @@ class DeviceIdle:
 
     def take(self) -> float:
         """Mean idle seconds before the steps dispatched since the last call; waits for them to finish."""
+        if self._watcher is None or not self._watcher.is_alive():  # join() would wait forever
+            raise RuntimeError("DeviceIdle.take() needs the watcher: use it inside `with DeviceIdle() as idle:`")
         self._pending.join()
         idle = [max(0.0, t - self._done[s - 1]) for s, t in self._dispatched.items() if s - 1 in self._done]
         last = max(self._dispatched, default=None)
