@@ -132,6 +132,8 @@ class DeviceIdle:
 
     def __exit__(self, *exc: object) -> None:
         self._pending.put(None)  # the watcher ends (a run in a notebook leaves no thread behind)
+        if self._watcher is not None:
+            self._watcher.join()
 
     def _watch(self) -> None:
         while (item := self._pending.get()) is not None:
