@@ -11,6 +11,8 @@ Modules, by concern:
   vectors          host-side embedding math: L2 normalization, Matryoshka truncation, cosine, top-k
   quantization     int8 / uint8 / binary / ubinary embeddings as sentence-transformers' quantize_embeddings,
                    and binary search (Hamming candidates rescored with the float query)
+  weight_quantization  int8 / int4 / mixed-precision weights stored quantized (qwix): QuantizedWeight, quantize,
+                   the per-mode rules, parameter bytes
   sharding         device meshes, logical-axis rules, parameter / batch / activation shardings, multi-host input
   checkpoint/      load / save / convert; hf (sentence-transformers directory, the key table), native (orbax),
                    hub (local directory or Hub id)

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 from tqdm.auto import tqdm
 
-from embeddinggemma import batching, checkpoint, sharding, vectors
+from embeddinggemma import batching, checkpoint, sharding, vectors, weight_quantization
 from embeddinggemma.attention import AttentionImpl
 from embeddinggemma.compile_options import compiler_options
 from embeddinggemma.config import DTypeName, ModelConfig
@@ -63,6 +63,8 @@ class EmbeddingGemma:
         self.metadata_dir = Path(metadata_dir)
         self.dtype: DTypeName = jnp.dtype(module.dtype).name
         self.graphdef, self.params = nnx.split(module)
+        # {parameter path: "int8" | "int4"} of the weights stored quantized (empty for a float model)
+        self.quantized: dict[str, str] = weight_quantization.quantized_paths(self.params)
         self.mesh = mesh
         self._batch_multiple = sharding.batch_size_multiple(mesh) if mesh is not None else 1
         self._compiled_shapes: set[tuple[int, int]] = set()
@@ -76,6 +78,8 @@ class EmbeddingGemma:
         dtype: DTypeName = "float32",
         attention_impl: AttentionImpl = "auto",
         mesh: str | jax.sharding.Mesh | None = None,
+        quantization: weight_quantization.Mode | None = None,
+        activations: weight_quantization.Activations | None = None,
     ) -> EmbeddingGemma:
         """Load an HF / sentence-transformers directory, a native checkpoint, or a Hub id.
 
@@ -83,13 +87,27 @@ class EmbeddingGemma:
         model's activations overflow it. `mesh` (a Mesh or a spec such as "data=8" or "data=2,fsdp=4")
         shards the model: each tensor is read straight onto its "inference" sharding (no replicated
         copy on one device first) and `encode` splits every batch over the data and fsdp axes.
+
+        `quantization` ("int8", "int4" or "mixed"; needs the `quant` extra) stores the weights as integers
+        and scales (see `embeddinggemma.weight_quantization`), quantized from the float32 checkpoint; the
+        scales and the remaining parameters are then in `dtype`. `activations` ("float" or "int8") says
+        whether int8 weights multiply int8 activations (w8a8); the default is "int8" on TPU, else "float".
         """
+        weight_quantization.check_mode(quantization)
         mesh = sharding.make_mesh(mesh) if mesh is not None else None
-        ckpt = checkpoint.load(path_or_hub_id, dtype=dtype, mesh=mesh, purpose="inference")
+        load_dtype = "float32" if quantization else dtype  # quantize from the checkpoint's float32 values
+        ckpt = checkpoint.load(path_or_hub_id, dtype=load_dtype, mesh=mesh, purpose="inference")
         module = EmbeddingGemmaModule.abstract(
-            ckpt.config, dtype=dtype, param_dtype=dtype, attention_impl=attention_impl
+            ckpt.config, dtype=dtype, param_dtype=load_dtype, attention_impl=attention_impl
         )
         nnx.update(module, ckpt.params)
+        if quantization:
+            if activations is None:
+                platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+                activations = "int8" if platform == "tpu" else "float"
+            module = weight_quantization.quantize(module, quantization, dtype=dtype, activations=activations, mesh=mesh)
+        elif activations not in (None, "float"):
+            raise ValueError("activations='int8' needs quantization='int8' or 'mixed'")
         return cls(module, Tokenizer(ckpt.tokenizer_file, ckpt.config), metadata_dir=ckpt.metadata_dir, mesh=mesh)
 
     @property
@@ -269,6 +287,11 @@ class EmbeddingGemma:
 
     def save_pretrained(self, out_dir: str | Path, *, format: checkpoint.Format = "sentence-transformers") -> Path:
         """Write a sentence-transformers directory (default) or our native orbax checkpoint."""
+        if self.quantized:
+            raise ValueError(
+                "a model loaded with quantization= cannot be saved: save the float model and quantize when "
+                "loading it (from_pretrained(..., quantization=...))"
+            )
         return checkpoint.save(self.params, self.config, self.metadata_dir, out_dir, format=format)
 
 

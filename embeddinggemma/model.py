@@ -18,18 +18,22 @@ from jax.typing import DTypeLike
 from embeddinggemma.attention import IMPLEMENTATIONS, AttentionImpl, attention
 from embeddinggemma.config import FULL, LayerType, ModelConfig
 from embeddinggemma.sharding import constrain
+from embeddinggemma.weight_quantization import QuantizedWeight
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype: DTypeLike, std: float):
     return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
 
 
-def matmul(spec: str, x: jax.Array, w: nnx.Param, dtype: DTypeLike) -> jax.Array:
+def matmul(spec: str, x: jax.Array, w: nnx.Param | QuantizedWeight, dtype: DTypeLike) -> jax.Array:
     """einsum of activations with a parameter cast to the compute dtype, accumulated in float32.
 
     Rounding once at the end is what PyTorch does in bfloat16 too, and it is faster: XLA:CPU runs a
-    bfloat16 x bfloat16 -> float32 dot about twice as fast as one with a bfloat16 result.
+    bfloat16 x bfloat16 -> float32 dot about twice as fast as one with a bfloat16 result. A quantized
+    weight (`embeddinggemma.weight_quantization`) runs the same einsum through qwix.
     """
+    if isinstance(w, QuantizedWeight):
+        return w.einsum(spec, x, dtype)
     return jnp.einsum(spec, x, w[...].astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
 
 
@@ -174,10 +178,13 @@ class EmbeddingGemmaModule(nnx.Module):
     ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
         """Final-norm token states (B, T, D); with return_hidden also each block's output."""
         with jax.named_scope("embed"):
-            table = self.embed_tokens[...]
+            if isinstance(self.embed_tokens, QuantizedWeight):  # integer rows gathered, then dequantized
+                rows = self.embed_tokens.take(input_ids)
+            else:
+                rows = jnp.take(self.embed_tokens[...], input_ids, axis=0)
             # The scale is rounded to the parameter dtype first, as in transformers (27.75 in bfloat16).
-            scale = jnp.asarray(self.config.hidden_size**0.5, table.dtype)
-            h = (jnp.take(table, input_ids, axis=0) * scale).astype(self.dtype)
+            scale = jnp.asarray(self.config.hidden_size**0.5, rows.dtype)
+            h = (rows * scale).astype(self.dtype)
             h = constrain(h, ("batch", "length", "act_embed"))
         hidden = []
         for i, block in enumerate(self.layers):
