@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from embeddinggemma import aot, benchmark, corpus, mteb, parity, quantization
+from embeddinggemma import aot, benchmark, corpus, mteb, parity, quantization, weight_quantization
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.files import check_outputs, write_atomic
@@ -210,7 +210,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     model = load_model(args)
     cfg = model.config
-    params = sum(x.size for x in jax.tree.leaves(model.params))
+    params = weight_quantization.parameter_count(model.params)
     devices = jax.devices()
     rows = {
         "model": args.model,
@@ -223,6 +223,9 @@ def cmd_info(args: argparse.Namespace) -> None:
         "embedding": f"{cfg.embedding_dim}-d (dense head {' -> '.join(map(str, cfg.dense_features))})",
         "prompts": ", ".join(model.prompts) or "(none)",
         "parameters": f"{params:,} ({model.dtype})",
+        "weights": f"{args.quantization or 'not quantized'}, "
+        f"{weight_quantization.parameter_bytes(model.params) / 2**20:,.1f} MiB"
+        + (" (int4 two a byte, as stored on TPU)" if "int4" in model.quantized.values() else ""),
         "devices": f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})",
         "mesh": args.mesh or "none (one device)",
         "attention": f"sliding {backend_for(args.attention, cfg.sliding_window_radius)}, global "
@@ -250,7 +253,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def load_model(args: argparse.Namespace) -> EmbeddingGemma:
-    kwargs = {"dtype": args.dtype, "attention_impl": args.attention}
+    kwargs = {"dtype": args.dtype, "attention_impl": args.attention, "quantization": args.quantization}
     if args.mesh:
         kwargs["mesh"] = args.mesh
     return EmbeddingGemma.from_pretrained(args.model, **kwargs)
@@ -316,6 +319,12 @@ def _add_model_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
     g.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16; float16 overflows this model")
     g.add_argument("--mesh", help="device mesh spec, e.g. data=8 (default: one device)")
     g.add_argument("--attention", default="auto", help="attention backend (default: auto, chosen by platform)")
+    g.add_argument(
+        "--quantization",
+        choices=weight_quantization.MODES,
+        help="store the weights quantized: int8 (per channel), int4 (blocks of 32) or mixed (the model card's "
+        "int4 embeddings/MLP/Dense, int8 attention); needs the quant extra (default: float weights)",
+    )
     if batch:
         g.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass (default: 32)")
 

@@ -146,7 +146,11 @@ def run(args: argparse.Namespace) -> int:
     mteb = import_mteb()
     tasks = get_tasks(args.tasks, args.languages)  # before loading the model: a typo fails fast
     model = EmbeddingGemma.from_pretrained(
-        args.model, dtype=args.dtype, attention_impl=args.attention, mesh=args.mesh or None
+        args.model,
+        dtype=args.dtype,
+        attention_impl=args.attention,
+        mesh=args.mesh or None,
+        quantization=args.quantization,
     )
     encoder = MtebEncoder(
         model, name=f"embeddinggemma-jax/{Path(args.model).resolve().name}", truncate_dim=args.truncate_dim
