@@ -1,0 +1,257 @@
+"""Quantized weights (int8 / int4 / mixed, with qwix) on the tiny checkpoint.
+
+Every expected value is computed here from the float checkpoint with NumPy (`reference`: the scheme written
+out independently of qwix and of embeddinggemma.weight_quantization), never taken from the code under test.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+pytest.importorskip("qwix", reason="needs the quant extra (pip install -e '.[quant]')")
+
+from embeddinggemma import EmbeddingGemma, weight_quantization
+from embeddinggemma.corpus import bundled_corpus
+from embeddinggemma.parity import SHORT, long_text
+from tests.test_cli import parse_hits, run_cli
+
+TEXTS = [*SHORT, long_text(150, 1), long_text(400, 2)]  # multilingual, and one longer than the sliding window
+needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+
+# What each mode does to each weight (the model card's rows; see the module docstring): (bits, block or None).
+ATTENTION = re.compile(r"layers/\d+/self_attn/[qkvo]_proj")
+EXPECTED = {
+    "int8": lambda path: (8, None),
+    "int4": lambda path: (4, 32),
+    "mixed": lambda path: (8, None) if ATTENTION.fullmatch(path) else (4, None),
+}
+# The input (contraction) axes of each weight in the model's einsums; the embedding table's rows are channels.
+INPUTS = {"q_proj": (0,), "k_proj": (0,), "v_proj": (0,), "o_proj": (0, 1), "embed_tokens": (1,)}
+
+
+def input_axes(path: str) -> tuple[int, ...]:
+    return INPUTS.get(path.rsplit("/", 1)[-1], (0,))  # MLP (D, F) / (F, D) and Dense (in, out): axis 0
+
+
+def reference(w: np.ndarray, inputs: tuple[int, ...], bits: int, block: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(q, scale), symmetric absmax as qwix 0.1.8 computes it under XLA: scale = max|w| / (2^(bits-1) - 0.5)
+    over each output channel (block None) or each run of `block` consecutive values along the last input axis
+    (the other input axes then keep their own scales); scale 1 where that is below sqrt(float32 tiny); q =
+    round-half-to-even(w / scale) clipped to [-2^(bits-1), 2^(bits-1) - 1]. XLA rewrites both divisions (by
+    the constant, and by the broadcast scale) as multiplications by a float32 reciprocal, so this does too:
+    it decides ties such as a channel's negative extreme, exactly -127.5 by division (-> -128) but
+    -127.49999 by the reciprocal (-> -127). `scale` is returned broadcast to w's shape."""
+    w = np.asarray(w, np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    if block is None:
+        absmax = np.abs(w).max(axis=inputs, keepdims=True)
+    else:
+        last = inputs[-1]
+        block = block if w.shape[last] % block == 0 else np.gcd(w.shape[last], block)  # 48 wide: blocks of 16
+        split = (*w.shape[:last], w.shape[last] // block, block, *w.shape[last + 1 :])
+        absmax = np.abs(w.reshape(split)).max(axis=last + 1, keepdims=True)
+        absmax = np.broadcast_to(absmax, split).reshape(w.shape)
+    scale = absmax * (np.float32(1) / np.float32(qmax + 0.5))
+    scale = np.where(scale < np.sqrt(np.finfo(np.float32).tiny), np.float32(1), scale).astype(np.float32)
+    scale = np.broadcast_to(scale, w.shape)
+    q = np.clip(np.round(w * (np.float32(1) / scale)), -qmax - 1, qmax)
+    return q.astype(np.int64), scale
+
+
+def flat(state: nnx.State) -> dict[str, np.ndarray]:
+    return {"/".join(map(str, p)): np.asarray(jax.device_get(v.value)) for p, v in state.flat_state()}
+
+
+def broadcast(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A per-block scale array (one entry per block) repeated over its block, to `shape`."""
+    for axis, (n, s) in enumerate(zip(shape, scale.shape, strict=True)):
+        scale = np.repeat(scale, n // s, axis=axis)
+    return scale
+
+
+@pytest.fixture(scope="module")
+def float_params(tiny_model) -> dict[str, np.ndarray]:
+    return flat(tiny_model.params)
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_dir: Path) -> dict[str, EmbeddingGemma]:
+    return {mode: EmbeddingGemma.from_pretrained(tiny_dir, quantization=mode) for mode in weight_quantization.MODES}
+
+
+@pytest.mark.parametrize("mode", weight_quantization.MODES)
+def test_quantized_values_equal_the_numpy_reference(mode, float_params, quantized):
+    """Every matrix and the embedding table, stored as int8/int4 values and float32 scales equal to the
+    NumPy reference bit for bit (per channel, blocks of 32, rounding, clipping); norms stay float32."""
+    params = flat(quantized[mode].params)
+    weights = sorted({k.rsplit("/", 1)[0] for k in params if k.endswith("/qvalue")})
+    assert len(weights) == 1 + 4 * 7 + 2  # the table, 7 matrices a layer, the 2 Dense layers
+    seen_blocks = set()
+    for path in weights:
+        bits, block = EXPECTED[mode](path)
+        w, q, scale = float_params[path], params[f"{path}/qvalue"], params[f"{path}/scale"]
+        assert q.dtype == {8: np.int8, 4: jnp.int4}[bits] and scale.dtype == np.float32, path
+        ref_q, ref_scale = reference(w, input_axes(path), bits, block)
+        np.testing.assert_array_equal(q.astype(np.int64), ref_q, err_msg=path)
+        np.testing.assert_array_equal(broadcast(scale, w.shape), ref_scale, err_msg=path)
+        n_scales = scale.size
+        if block is None:  # one scale per output channel (per table row)
+            assert n_scales == w.size // np.prod([w.shape[a] for a in input_axes(path)]), path
+        else:
+            seen_blocks.add(w.size // n_scales)
+        assert q.min() >= -(2 ** (bits - 1)) and q.max() <= 2 ** (bits - 1) - 1
+    if mode == "int4":
+        assert seen_blocks == {32, 16}  # 32 where it divides the input (96, 256, head_dim 32); 48-wide: 16
+    floats = {k for k in params if not k.endswith(("/qvalue", "/scale"))}
+    assert floats and all(k.endswith("weight") for k in floats)  # the norms
+    for k in floats:
+        np.testing.assert_array_equal(params[k], float_params[k])
+
+
+@pytest.mark.parametrize("mode", weight_quantization.MODES)
+def test_quantized_forward_is_the_float_forward_of_the_dequantized_weights(mode, tiny_dir, float_params, quantized):
+    """The quantized model computes exactly what the float model computes with the reference's q * scale
+    as its weights (up to float32 summation order)."""
+    float_model = EmbeddingGemma.from_pretrained(tiny_dir)
+    deq = {}
+    for path, w in float_params.items():
+        if path.rsplit("/", 1)[-1] in ("weight",):
+            continue
+        bits, block = EXPECTED[mode](path)
+        q, scale = reference(w, input_axes(path), bits, block)
+        deq[path] = (q * scale).astype(np.float32)
+    state = float_model.params
+    for p, v in state.flat_state():
+        key = "/".join(map(str, p))
+        if key in deq:
+            v.value = jnp.asarray(deq[key])
+    float_model.params = state
+    np.testing.assert_allclose(quantized[mode].encode(TEXTS), float_model.encode(TEXTS), atol=2e-6)
+
+
+# Cosine to the float32 model over TEXTS, measured on the tiny (random, deliberately large) weights:
+#   int8 min 0.9995 mean 0.9998; int4 min 0.895 mean 0.961; mixed min 0.940 mean 0.974.
+BOUNDS = {"int8": (0.999, 0.9995), "int4": (0.85, 0.94), "mixed": (0.9, 0.96)}  # (min, mean)
+
+
+@pytest.mark.parametrize("mode", weight_quantization.MODES)
+def test_quantized_forward_stays_close_to_float32(mode, tiny_model, quantized):
+    ours, ref = quantized[mode].encode(TEXTS), tiny_model.encode(TEXTS)
+    cos = (ours * ref).sum(axis=1)
+    assert np.abs(ours - ref).max() > 1e-4  # really quantized
+    lo, mean = BOUNDS[mode]
+    assert cos.min() >= lo and cos.mean() >= mean, (cos.min(), cos.mean())
+
+
+def test_parameters_are_stored_int8_and_int4(tiny_model, quantized):
+    """Bytes of the parameter state from the shapes: int8 values 1 byte each, int4 half a byte (packed as on
+    TPU; XLA:CPU keeps one per byte), scales and norms 4; the device buffers hold int8 at one byte a value."""
+    float_bytes = sum(x.size * 4 for x in flat(tiny_model.params).values())
+    assert weight_quantization.parameter_bytes(tiny_model.params) == float_bytes
+    for mode, model in quantized.items():
+        params = flat(model.params)
+        expected = 0.0
+        for key, x in params.items():
+            if key.endswith("/qvalue"):
+                expected += x.size * (1 if x.dtype == np.int8 else 0.5)
+            else:
+                assert x.dtype == np.float32
+                expected += x.size * 4
+        assert weight_quantization.parameter_bytes(model.params) == int(np.ceil(expected))
+        assert weight_quantization.parameter_bytes(model.params) < {"int8": 0.3, "int4": 0.2, "mixed": 0.2}[mode] * (
+            float_bytes
+        )
+        assert weight_quantization.parameter_count(model.params) == weight_quantization.parameter_count(
+            tiny_model.params
+        )
+        for p, v in model.params.flat_state():
+            if p[-1] == "qvalue" and v.value.dtype == jnp.int8:
+                buffer = v.value.addressable_shards[0].data
+                assert buffer.dtype == jnp.int8 and buffer.on_device_size_in_bytes() == v.value.size
+    assert set(quantized["mixed"].quantized.values()) == {"int8", "int4"}
+    assert quantized["int8"].quantized["embed_tokens"] == "int8"
+
+
+@needs8
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_mesh_gives_the_single_device_embeddings(tiny_dir, quantized, mode):
+    """data=2,fsdp=2,tensor=2: integer values and scales placed by the same logical-axis rules (the table
+    split by vocabulary over fsdp and tensor), same embeddings as one device."""
+    model = EmbeddingGemma.from_pretrained(tiny_dir, quantization=mode, mesh="data=2,fsdp=2,tensor=2")
+    table = model.params["embed_tokens"]
+    for leaf in (table["qvalue"].value, table["scale"].value):
+        assert leaf.sharding.spec[0] == ("fsdp", "tensor")
+        assert leaf.addressable_shards[0].data.shape[0] == leaf.shape[0] // 4
+    down = model.params["layers"][0]["mlp"]["down_proj"]["qvalue"].value
+    assert down.sharding.spec[0] == "tensor"  # the MLP width, as for the float weight
+    np.testing.assert_allclose(model.encode(TEXTS), quantized[mode].encode(TEXTS), atol=2e-6)
+
+
+def test_int8_activations_multiply_int8_by_int8(tiny_dir, quantized):
+    """activations="int8" (the TPU default): the int8 weights' matmuls take int8 x int8 -> int32 dots, and
+    the result stays within the int8 bound of the float32 model."""
+    model = EmbeddingGemma.from_pretrained(tiny_dir, quantization="int8", activations="int8")
+    tokens, valid = model.pad_batch(model.tokenizer.encode(TEXTS[:2]))
+    hlo = model._forward.lower(model.params, tokens, valid).as_text()
+    int_dot = re.compile(r"dot_general.*tensor<[^>]*xi8>.*tensor<[^>]*xi8>\) -> tensor<[^>]*xi32>")
+    assert len(int_dot.findall(hlo)) == 4 * 7 + 2  # every layer's 7 matmuls and the 2 Dense layers
+    weight_only = quantized["int8"]._forward.lower(quantized["int8"].params, tokens, valid).as_text()
+    assert not int_dot.findall(weight_only)
+    cos = (model.encode(TEXTS) * quantized["int8"].encode(TEXTS)).sum(axis=1)
+    assert cos.min() > 0.999
+
+
+def test_matches_qwix_ptq_interception(tiny_model, quantized):
+    """qwix's own PTQ route (quantize_model + PtqProvider, which intercepts the einsums) stores the same
+    int8 values and scales for the attention and MLP weights it reaches; it leaves the Dense head float."""
+    import qwix
+
+    module = nnx.merge(tiny_model.graphdef, tiny_model.params)
+    provider = qwix.PtqProvider([qwix.QuantizationRule(module_path=".*", weight_qtype=jnp.int8)])
+    ids = jnp.ones((2, 8), jnp.int32)
+    theirs = {
+        "/".join(map(str, p)): np.asarray(v.value)
+        for p, v in nnx.state(qwix.quantize_model(module, provider, ids, ids > 0)).flat_state()
+    }
+    ours = flat(quantized["int8"].params)
+    reached = sorted(k.removesuffix("/array/qvalue") for k in theirs if k.endswith("/array/qvalue"))
+    assert len(reached) == 4 * 7 and not any(k.startswith(("dense", "embed")) for k in reached)
+    for path in reached:
+        np.testing.assert_array_equal(theirs[f"{path}/array/qvalue"], ours[f"{path}/qvalue"])
+        np.testing.assert_array_equal(theirs[f"{path}/array/scale"], ours[f"{path}/scale"])
+    assert theirs["dense/0"].dtype == np.float32
+
+
+def test_refusals(tiny_dir, quantized, tmp_path):
+    with pytest.raises(ValueError, match="quantization must be one of int8, int4, mixed"):
+        EmbeddingGemma.from_pretrained(tiny_dir, quantization="int2")
+    with pytest.raises(ValueError, match="activations='int8' needs quantization"):
+        EmbeddingGemma.from_pretrained(tiny_dir, activations="int8")
+    with pytest.raises(ValueError, match="cannot be saved"):
+        quantized["int8"].save_pretrained(tmp_path / "out")
+
+
+def test_cli_search_and_info_with_quantization(tiny_dir, quantized):
+    """`embeddinggemma search --quantization int8` on the bundled corpus ranks and scores as the quantized API."""
+    import json
+
+    corpus = [json.loads(line) for line in bundled_corpus().read_text(encoding="utf-8").splitlines()]
+    query = "Which planet is known as the Red Planet?"
+    found = parse_hits(run_cli(tiny_dir, "search", "--quantization", "int8", "-q", query, "-k", 5).stdout)
+    model = quantized["int8"]
+    scores = model.similarity(model.encode_query(query), model.encode_document([d["text"] for d in corpus]))[0]
+    best = np.argsort(-scores)[:5]
+    assert [h[0] for h in found] == [corpus[i]["id"] for i in best]
+    np.testing.assert_allclose([h[1] for h in found], scores[best], atol=2e-3)
+    info = run_cli(tiny_dir, "info", "--quantization", "int4").stdout
+    mib = weight_quantization.parameter_bytes(quantized["int4"].params) / 2**20
+    assert f"weights     int4, {mib:,.1f} MiB (int4 two a byte, as stored on TPU)" in info
+    bad = run_cli(tiny_dir, "search", "-q", query, "--quantization", "int3", ok=False)
+    assert bad.returncode == 2 and "invalid choice: 'int3'" in bad.stderr
