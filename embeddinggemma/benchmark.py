@@ -69,7 +69,9 @@ def _load(framework: str, impl: str | None, args: argparse.Namespace):
 
         from embeddinggemma import EmbeddingGemma
 
-        model = EmbeddingGemma.from_pretrained(args.checkpoint, dtype=args.dtype, attention_impl=impl)
+        model = EmbeddingGemma.from_pretrained(
+            args.checkpoint, dtype=args.dtype, attention_impl=impl, quantization=args.quantization
+        )
         device = jax.devices()[0]
         peak = (lambda: device.memory_stats()["peak_bytes_in_use"]) if args.device == "gpu" else None
         lengths = lambda xs: [len(x) for x in model.tokenizer.encode(xs)]  # noqa: E731
@@ -161,6 +163,11 @@ def _row(name: str, impl: str, ours: dict, ref: dict, args: argparse.Namespace, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--quantization",
+        choices=["int8", "int4", "mixed"],  # weight_quantization.MODES (not imported: jax loads in the children)
+        help="store our weights int8 / int4 / mixed (sentence-transformers' stay float)",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--attention", default="auto", help="our attention backend(s), comma-separated: a row each")
     p.add_argument("--repeats", type=int, default=3)
@@ -185,7 +192,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = ModelConfig.from_checkpoint_dir(args.checkpoint)
 
-    print(f"device {args.device}, dtype {args.dtype}, {args.threads} threads, {os.cpu_count()} CPUs", flush=True)
+    quantized = f", ours {args.quantization} weights" if args.quantization else ""
+    print(
+        f"device {args.device}, dtype {args.dtype}{quantized}, {args.threads} threads, {os.cpu_count()} CPUs",
+        flush=True,
+    )
     ref = in_child(_measure, "torch", None, args, texts)
     if "error" in ref:
         print(f"sentence-transformers failed:\n{ref['error']}")
