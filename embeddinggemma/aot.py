@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
-from embeddinggemma import attention, sharding
+from embeddinggemma import attention, sharding, weight_quantization
 from embeddinggemma.attention import AttentionImpl
 from embeddinggemma.config import FULL, ModelConfig
 from embeddinggemma.encoder import build_encode_step
@@ -156,13 +156,25 @@ def _compile_only(mesh: jax.sharding.Mesh) -> jax.sharding.use_abstract_mesh:
 
 
 def lower_encode(
-    cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, t: int, impl: AttentionImpl, dtype: DTypeLike
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch: int,
+    t: int,
+    impl: AttentionImpl,
+    dtype: DTypeLike,
+    quantization: weight_quantization.Mode | None = None,
 ) -> jax.stages.Lowered:
-    """The encode step `EmbeddingGemma.from_pretrained(..., mesh=mesh)` runs on a (batch, t) batch:
-    parameters in `dtype` on their "inference" shardings, the batch split over the batch axes."""
-    graphdef, params = nnx.split(
-        EmbeddingGemmaModule.abstract(cfg, dtype=dtype, param_dtype=dtype, attention_impl=impl)
-    )
+    """The encode step `EmbeddingGemma.from_pretrained(..., mesh=mesh, quantization=...)` runs on a (batch, t)
+    batch: parameters in `dtype` (quantized weights: integers, scales in `dtype`) on their "inference"
+    shardings, the batch split over the batch axes. Quantized on a TPU mesh: int8 activations, as there."""
+    if quantization is None:
+        module = EmbeddingGemmaModule.abstract(cfg, dtype=dtype, param_dtype=dtype, attention_impl=impl)
+    else:
+        activations = "int8" if mesh.devices.flat[0].platform == "tpu" else "float"
+        module = weight_quantization.abstract(
+            cfg, quantization, dtype=dtype, attention_impl=impl, activations=activations
+        )
+    graphdef, params = nnx.split(module)
     shardings = sharding.param_shardings(params, mesh, "inference")
     abstract = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
     split = sharding.batch_sharding(mesh)
@@ -171,14 +183,22 @@ def lower_encode(
         return build_encode_step(graphdef, mesh, dtype).lower(jax.tree.map(abstract, params, shardings), ids, valid)
 
 
-def compile_encode(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, t: int, impl: AttentionImpl) -> Report:
-    """The encode step in bfloat16 (see `lower_encode`), compiled."""
+def compile_encode(
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch: int,
+    t: int,
+    impl: AttentionImpl,
+    quantization: weight_quantization.Mode | None = None,
+) -> Report:
+    """The encode step in bfloat16 (see `lower_encode`), compiled; FLOPs count int8 operations too."""
     t0 = time.perf_counter()
-    compiled = lower_encode(cfg, mesh, batch, t, impl, jnp.bfloat16).compile()
+    compiled = lower_encode(cfg, mesh, batch, t, impl, jnp.bfloat16, quantization).compile()
     chips = mesh.devices.size
     dense, attn = forward_flops(cfg, t)
     kernel = _kernel_flops(cfg, impl, t, batch / chips, passes=2)
-    return _report("encode", mesh, f"{batch} x {t}", compiled, t0, kernel, batch * (dense + attn) / chips)
+    name = f"encode, {quantization}" if quantization else "encode"
+    return _report(name, mesh, f"{batch} x {t}", compiled, t0, kernel, batch * (dense + attn) / chips)
 
 
 def compile_train(
@@ -250,6 +270,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="splash", choices=[i for i in attention.IMPLEMENTATIONS if i != "auto"])
     p.add_argument("--no-remat", action="store_true", help="keep all activations (no per-block recompute)")
     p.add_argument("--grad-cache", type=int, help="GradCache chunk: sequences embedded at once in the train step")
+    p.add_argument(
+        "--quantization",
+        choices=weight_quantization.MODES,
+        help="the encode step with int8 / int4 / mixed weights (int8 ones with int8 activations, as on TPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -266,7 +291,9 @@ def run(args: argparse.Namespace) -> int:
         spec = getattr(args, f"{kind}_mesh") or default_mesh(kind, len(devices))
         mesh = sharding.make_mesh(spec, devices)
         if kind == "encode":
-            reports.append(compile_encode(cfg, mesh, args.encode_batch, args.seq_len, args.attention))
+            reports.append(
+                compile_encode(cfg, mesh, args.encode_batch, args.seq_len, args.attention, args.quantization)
+            )
         else:
             reports.append(
                 compile_train(

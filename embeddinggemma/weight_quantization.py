@@ -263,6 +263,27 @@ def quantize(
     return nnx.merge(qgraphdef, qstate)
 
 
+def abstract(
+    cfg: Any,
+    mode: Mode,
+    *,
+    dtype: DTypeLike = jnp.float32,
+    attention_impl: str = "auto",
+    activations: Activations = "float",
+) -> nnx.Module:
+    """The quantized EmbeddingGemmaModule with shapes and dtypes only (nothing allocated), as
+    `EmbeddingGemma.from_pretrained(..., quantization=mode)` builds it: what AOT lowers."""
+    from embeddinggemma.model import EmbeddingGemmaModule
+
+    def build() -> nnx.Module:
+        module = EmbeddingGemmaModule(
+            cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0), attention_impl=attention_impl
+        )
+        return quantize_in_place(module, mode, dtype=dtype, activations=activations)
+
+    return nnx.eval_shape(build)
+
+
 def quantized_paths(state: nnx.State) -> dict[str, str]:
     """{parameter path: "int8" | "int4"} of the quantized weights in a state."""
     out = {}
