@@ -17,6 +17,7 @@ import json
 import math
 import re
 import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,23 @@ def _place(x: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
     return from_host(x, sharding)
 
 
+def _read_tensor(f: Any, file: Path, key: str) -> np.ndarray:
+    """One tensor of an open safetensors file as a numpy array. bfloat16, which numpy lacks (safetensors'
+    numpy reader refuses it), is read from the file's bytes as ml_dtypes.bfloat16: the loader then casts
+    it like any other dtype, so a checkpoint saved in bfloat16 loads as one saved in float32 does."""
+    if f.get_slice(key).get_dtype() != "BF16":
+        return f.get_tensor(key)
+    import ml_dtypes  # a dependency of jax
+
+    with open(file, "rb") as raw:
+        (header_len,) = struct.unpack("<Q", raw.read(8))
+        entry = json.loads(raw.read(header_len))[key]
+        begin, end = entry["data_offsets"]
+        raw.seek(8 + header_len + begin)
+        data = raw.read(end - begin)
+    return np.frombuffer(data, dtype=ml_dtypes.bfloat16).reshape(entry["shape"])
+
+
 def read_params(
     root: str | Path, cfg: ModelConfig, *, dtype: DTypeLike = jnp.float32, shardings: nnx.State | None = None
 ) -> nnx.State:
@@ -216,7 +234,7 @@ def read_params(
                     if got != hf_want:
                         errors.append(f"{file}: tensor {raw_key!r} has shape {got}, expected {hf_want}")
                         continue
-                    x = rule.to_ours(f.get_tensor(raw_key), want)
+                    x = rule.to_ours(_read_tensor(f, file, raw_key), want)
                     sharding = target.get(path)
                     loaded[path] = _place(x.astype(expected[path].dtype), getattr(sharding, "value", sharding))
         except (SafetensorError, OSError) as e:  # a truncated download, a file of another kind
