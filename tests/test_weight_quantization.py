@@ -319,3 +319,15 @@ def test_a_bfloat16_checkpoint_loads_as_its_float32_values(tiny_dir, tiny_model,
         expected = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
         np.testing.assert_array_equal(ours[key], expected, err_msg=key)
     assert EmbeddingGemma.from_pretrained(copy, quantization="int4").quantized["embed_tokens"] == "int4"
+
+
+@pytest.mark.reference
+def test_real_checkpoint_quantized_cosine(reference_dir):
+    """The real checkpoint (when EMBEDDINGGEMMA_CHECKPOINT is set): int8's mean cosine to float32 >= 0.998 (the
+    issue's bar). int4 and mixed have not been measured on it yet: their bounds are loose sanity checks, and
+    the values are printed (pytest -s) so a run can state them."""
+    ref = EmbeddingGemma.from_pretrained(reference_dir).encode(TEXTS)
+    for mode, mean_bound in (("int8", 0.998), ("int4", 0.95), ("mixed", 0.95)):
+        cos = (EmbeddingGemma.from_pretrained(reference_dir, quantization=mode).encode(TEXTS) * ref).sum(axis=1)
+        print(f"{mode}: min cosine {cos.min():.5f}, mean {cos.mean():.5f} over {len(TEXTS)} texts")
+        assert cos.mean() >= mean_bound, (mode, cos)
