@@ -29,9 +29,9 @@ What runs where: weight-only everywhere by default: the weight is dequantized (q
 dtype) right before the float matmul; between calls only the integers and scales are held, the dequantized
 weight is a temporary of the compiled step (which XLA may fuse into the matmul). With `activations="int8"`
 (what `from_pretrained` picks on TPU for int8 weights: all of "int8" and the attention of "mixed") the
-activations are quantized too, per token (absmax over the contracted dims), and
-qwix runs an int8 x int8 -> int32 matmul scaled afterwards (w8a8, the v5e MXU's double-rate path). qwix
-takes that path only for per-channel weights: blocks of 32 are below its 128-wide minimum tile, so int4
+activations are quantized too, per token (absmax over the contracted dims), and qwix runs an
+int8 x int8 -> int32 matmul scaled afterwards (w8a8, the v5e MXU's double-rate path). qwix takes that
+path only for per-channel weights: blocks of 32 are below its 128-wide minimum tile, so int4
 matmuls dequantize first. The embedding lookup is not a matmul: the rows a batch needs are gathered as
 integers and dequantized (qwix intercepts jnp.einsum / dot_general, not jnp.take, so the table is quantized
 here with qwix.quantize and dequantized with qwix.dequantize directly).
@@ -41,10 +41,11 @@ Why not `qwix.quantize_model(model, qwix.PtqProvider(rules), ...)` (interception
 that ours are identical), but it silently leaves the Dense head in float (its kernels sit in an
 `nnx.List`, where qwix's parameter lookup does not search), it cannot reach the embedding lookup, and
 calling the quantized module a second time fails in qwix's `WithAux.astype` (our matmul casts the weight
-to the compute dtype). The explicit form here uses the same qwix
-numerics and matmuls, is an ordinary NNX module state (sharded by the same logical-axis rules: the scales
-inherit their weight's axis names, and `sharding.logical_to_spec` leaves their size-1 dimensions whole),
-and needs no interception.
+to the compute dtype). The explicit form here uses qwix's numerics (quantize, dequantize) and, for w8a8,
+its einsum; the weight-only matmul is the model's own einsum on the dequantized weight (qwix.einsum puts
+the weight first, a dot XLA:CPU cannot run in bfloat16 x bfloat16 -> float32). It is an ordinary NNX
+module state (sharded by the same logical-axis rules: the scales inherit their weight's axis names, and
+`sharding.logical_to_spec` leaves their size-1 dimensions whole), and needs no interception.
 
 qwix is the optional `quant` extra; it is imported only when a model is quantized.
 """
