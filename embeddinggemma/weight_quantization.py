@@ -241,6 +241,23 @@ def quantize_in_place(
     return module
 
 
+def fake_quantize_in_place(module: nnx.Module, mode: Mode) -> nnx.Module:
+    """Quantization-aware training: each weight RULES[mode] quantizes becomes its quantized-then-dequantized
+    value (the numbers the quantized model computes with), with a straight-through gradient, as qwix's QAT
+    does (`w + stop_gradient(dequantize(quantize(w)) - w)`): the loss is the quantized model's and the float
+    weights learn to land where rounding costs little. Traced or concrete; returns `module`."""
+    check_mode(mode)
+    qwix = _import_qwix()
+    for _, name, param in list(_targets(module)):
+        scheme, axes = scheme_for(mode, name), input_axes_for(name)
+        if scheme is None or axes is None:
+            continue
+        w = param.value
+        qvalue, scale = quantize_weight(jax.lax.stop_gradient(w), axes, scheme)
+        param.value = w + jax.lax.stop_gradient(qwix.dequantize(qwix.QArray(qvalue, scale)).astype(w.dtype) - w)
+    return module
+
+
 def quantize(
     module: nnx.Module,
     mode: Mode,

@@ -20,6 +20,7 @@ pytest.importorskip("qwix", reason="needs the quant extra (pip install -e '.[qua
 from embeddinggemma import EmbeddingGemma, weight_quantization
 from embeddinggemma.corpus import bundled_corpus
 from embeddinggemma.parity import SHORT, long_text
+from embeddinggemma.train import step
 from tests.test_cli import parse_hits, run_cli
 
 TEXTS = [*SHORT, long_text(150, 1), long_text(400, 2)]  # multilingual, and one longer than the sliding window
@@ -331,3 +332,65 @@ def test_real_checkpoint_quantized_cosine(reference_dir):
         cos = (EmbeddingGemma.from_pretrained(reference_dir, quantization=mode).encode(TEXTS) * ref).sum(axis=1)
         print(f"{mode}: min cosine {cos.min():.5f}, mean {cos.mean():.5f} over {len(TEXTS)} texts")
         assert cos.mean() >= mean_bound, (mode, cos)
+
+
+# ---------------------------------------------------------------------------------------------- QAT
+
+
+def test_qat_loss_and_gradients_are_those_of_the_quantized_weights_passed_straight_through(tiny_dir):
+    """Under QAT the loss is the float model's loss at the fake-quantized weights fq(w), and the gradient
+    with respect to w is the float gradient at fq(w) (straight through: d fq / dw = 1)."""
+    from tests.train_helpers import collate, tiny_config, tiny_params
+
+    cfg = tiny_config(quantization="int4")
+    graphdef, frozen, params = tiny_params(tiny_dir, cfg)
+    batch = collate(tiny_dir, cfg)
+    qat = jax.jit(lambda p, b: step.loss_and_grads(cfg, step.embed_fn(graphdef, frozen, "int4"), p, b))
+    q_loss, _, q_grads = qat(params, batch)
+
+    fq_module = weight_quantization.fake_quantize_in_place(nnx.merge(graphdef, frozen, params, copy=True), "int4")
+    _, fq_frozen, fq_params = step.split_module(fq_module, cfg.freeze_embeddings)
+    leaves = zip(jax.tree.leaves(fq_params), jax.tree.leaves(params), strict=True)
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in leaves]
+    assert max(moved) > 1e-3  # fake quantization changed the weights
+    plain = jax.jit(lambda p, b: step.loss_and_grads(cfg, step.embed_fn(graphdef, fq_frozen), p, b))
+    f_loss, _, f_grads = plain(fq_params, batch)
+    assert abs(float(q_loss) - float(f_loss)) <= 1e-6 * abs(float(f_loss))
+    for q, f in zip(jax.tree.leaves(q_grads), jax.tree.leaves(f_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(q), np.asarray(f), rtol=1e-5, atol=1e-7 * np.abs(np.asarray(f)).max())
+    assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(q_grads)) > 0
+
+
+def test_qat_run_evaluates_the_quantized_model_improves_it_and_exports_float(tiny_dir, tmp_path):
+    """A short int4 QAT run: its evaluations are the metrics of the model quantized at load (before: the
+    base checkpoint; after: the export), the quantized model's held-out nDCG rises, and the export is the
+    float sentence-transformers directory."""
+    from sentence_transformers import SentenceTransformer
+
+    from embeddinggemma import retrieval
+    from embeddinggemma.train import TrainConfig, train
+    from embeddinggemma.train.data import Prompts
+    from embeddinggemma.train.sources import examples, open_rows
+    from tests.retrieval_data import write_split
+    from tests.train_helpers import tiny_run_config
+
+    data = write_split(tmp_path / "data")
+    overrides = dict(quantization="int4", steps=30, eval_every=None, save_every=1000)
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, tmp_path / "run", **overrides))
+    result = train(cfg)
+    evalset = retrieval.RetrievalSet.from_examples(examples(open_rows(str(data[1]), None)))
+    for when, model_dir in (("eval_start", tiny_dir), ("eval_end", Path(result["export"]))):
+        model = EmbeddingGemma.from_pretrained(model_dir, quantization="int4")
+        prompts = Prompts.for_model(model.config, None, None, cfg.title_prompt)
+        expected = retrieval.evaluate(model, evalset, cfg.matryoshka_dims, prompts)
+        for dim, values in expected.items():
+            for name, value in values.items():
+                assert result[when][f"eval/{dim}/{name}"] == pytest.approx(value, abs=1e-6), (when, dim, name)
+    before, after = result["eval_start"]["eval/48/ndcg@10"], result["eval_end"]["eval/48/ndcg@10"]
+    print(f"int4 QAT held-out nDCG@10 (48-d): {before:.4f} -> {after:.4f}")
+    assert after > before + 0.05
+
+    export = Path(result["export"])
+    ours = EmbeddingGemma.from_pretrained(export).encode(TEXTS[:4])
+    ref = SentenceTransformer(str(export), device="cpu").encode(TEXTS[:4])
+    assert (ours * ref).sum(axis=1).min() >= 0.99999  # both unit vectors: the float model, as Google ships QAT

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 from embeddinggemma.attention import AttentionImpl
 from embeddinggemma.config import DTypeName, ModelConfig
 from embeddinggemma.train.sources import Columns
+from embeddinggemma.weight_quantization import Mode as QuantizationMode
 
 Schedule = Literal["linear", "cosine"]
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
@@ -75,6 +76,7 @@ class TrainConfig:
     remat: bool = False  # gradient checkpointing per block
     attention_impl: AttentionImpl = "auto"
     mesh: str = "fsdp=-1"  # embeddinggemma.sharding.make_mesh spec
+    quantization: QuantizationMode | None = None  # QAT: train (and evaluate) through int8/int4/mixed weights
 
     # Checkpoints, evaluation, logging.
     save_every: int = 500

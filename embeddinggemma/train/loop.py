@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from embeddinggemma import checkpoint, retrieval, sharding
+from embeddinggemma import checkpoint, retrieval, sharding, weight_quantization
 from embeddinggemma.checkpoint import hf
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.files import OutputError, local_dir
@@ -274,7 +274,10 @@ class Run:
     def evaluate(self) -> dict[str, float]:
         if self.evalset is None:
             return {}
-        self.encoder.params = nnx.state(nnx.merge(self.ts.graphdef, self.frozen, self.state["params"]))
+        module = nnx.merge(self.ts.graphdef, self.frozen, self.state["params"], copy=True)
+        if self.cfg.quantization is not None:  # QAT: the metrics of the quantized model (weight-only numerics)
+            weight_quantization.fake_quantize_in_place(module, self.cfg.quantization)
+        self.encoder.params = nnx.state(module)
         dims, prompts = self.cfg.matryoshka_dims, self.collator.prompts
         by_dim = retrieval.evaluate(self.encoder, self.evalset, dims, prompts, batch_size=self.cfg.eval_batch_size)
         metrics = {f"eval/{dim}/{name}": value for dim, values in by_dim.items() for name, value in values.items()}

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from embeddinggemma import sharding
+from embeddinggemma import sharding, weight_quantization
 from embeddinggemma.compile_options import compiler_options
 from embeddinggemma.config import ModelConfig, check_dtype
 from embeddinggemma.model import EmbeddingGemmaModule
@@ -52,8 +52,16 @@ def training_module(cfg: TrainConfig, model_cfg: ModelConfig) -> EmbeddingGemmaM
     )
 
 
-def embed_fn(graphdef: nnx.GraphDef, frozen: nnx.State) -> EmbedFn:
-    return lambda params, ids, valid: nnx.merge(graphdef, frozen, params)(ids, valid)
+def embed_fn(graphdef: nnx.GraphDef, frozen: nnx.State, quantization: str | None = None) -> EmbedFn:
+    """The forward pass the loss differentiates; with `quantization`, through fake-quantized weights (QAT)."""
+
+    def embed(params: nnx.State, ids: jax.Array, valid: jax.Array) -> jax.Array:
+        if quantization is None:
+            return nnx.merge(graphdef, frozen, params)(ids, valid)
+        module = nnx.merge(graphdef, frozen, params, copy=True)  # merge shares Variables: keep `params` as it is
+        return weight_quantization.fake_quantize_in_place(module, quantization)(ids, valid)
+
+    return embed
 
 
 def batch_loss(cfg: TrainConfig, q: jax.Array, d: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -226,7 +234,7 @@ def build_train_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.shardin
     replicated = sharding.replicated(mesh)
 
     def step(state: dict[str, Any], frozen: nnx.State, batch: Batch) -> tuple[dict[str, Any], dict]:
-        loss, terms, grads = loss_and_grads(cfg, embed_fn(graphdef, frozen), state["params"], batch)
+        loss, terms, grads = loss_and_grads(cfg, embed_fn(graphdef, frozen, cfg.quantization), state["params"], batch)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new = {
             "step": state["step"] + 1,
