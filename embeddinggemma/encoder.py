@@ -237,7 +237,7 @@ class EmbeddingGemma:
             with tqdm(total=len(ids), desc="encode", unit="text", disable=not show) as bar:
 
                 def collect(idx: np.ndarray, emb: jax.Array) -> None:
-                    out[idx] = self._collect(emb, len(idx))
+                    out[idx] = self.collect(emb, len(idx))
                     bar.update(len(idx))
                     if on_batch is not None:
                         on_batch(idx)
@@ -247,23 +247,36 @@ class EmbeddingGemma:
                 pending = None
                 lengths = [len(x) for x in ids]
                 for idx in batching.plan(lengths, batch_size, self.config.max_seq_length, self._batch_multiple):
-                    launched = idx, self._dispatch([ids[i] for i in idx])
+                    launched = idx, self.dispatch([ids[i] for i in idx])
                     if pending is not None:
                         collect(*pending)
                     pending = launched
                 collect(*pending)
         return vectors.truncate(out, dim) if dim < out.shape[1] else out
 
-    def pad_batch(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens, valid) of one batch: its length bucket, and a power-of-two row count that is a multiple
-        of the mesh's batch shards."""
+    @property
+    def compiled_shapes(self) -> frozenset[tuple[int, int]]:
+        """The (rows, length) batch shapes this model has run so far (each one compiled, or loaded from JAX's
+        persistent compilation cache, once)."""
+        return frozenset(self._compiled_shapes)
+
+    @property
+    def batch_multiple(self) -> int:
+        """Batch row counts are a multiple of this: the number of batch shards of the mesh (1 without one)."""
+        return self._batch_multiple
+
+    def pad_batch(self, ids: list[list[int]], rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, valid) of one batch: its length bucket, and `rows` rows (default: a power-of-two row count
+        that is a multiple of the mesh's batch shards)."""
         length = batching.bucket_length(max(map(len, ids)), self.config.max_seq_length)
-        rows = batching.padded_rows(len(ids), self._batch_multiple)
+        rows = batching.padded_rows(len(ids), self._batch_multiple) if rows is None else rows
         return batching.pad(ids, length=length, rows=rows, pad_id=self.config.pad_id)
 
-    def _dispatch(self, ids: list[list[int]]) -> jax.Array:
-        """Pad one batch, place it and start the forward pass; returns without waiting for the result."""
-        tokens, valid = self.pad_batch(ids)
+    def dispatch(self, ids: list[list[int]], rows: int | None = None) -> jax.Array:
+        """Pad one batch (to `rows` rows if given, see `pad_batch`), place it and start the forward pass;
+        returns without waiting for the result (`collect` waits). `encode_ids` and the server's batcher
+        keep one batch in flight this way."""
+        tokens, valid = self.pad_batch(ids, rows)
         if tokens.shape not in self._compiled_shapes:
             logger.debug("compiling encode for batch %d x %d tokens", *tokens.shape)
             self._compiled_shapes.add(tokens.shape)
@@ -276,7 +289,7 @@ class EmbeddingGemma:
             return self._forward(self.params, tokens, valid)
 
     @staticmethod
-    def _collect(emb: jax.Array, n: int) -> np.ndarray:
+    def collect(emb: jax.Array, n: int) -> np.ndarray:
         """The first n rows of a dispatched batch on the host (waits for it); refuses NaN/inf."""
         result = np.asarray(jax.device_get(emb))[:n]
         if not np.isfinite(result).all():

@@ -75,7 +75,17 @@ class Tokenizer:
 
     def encode_counting(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """`encode` without the warning: (ids, how many texts were truncated), for callers that report it."""
-        pieces = self.sp.encode(list(texts)) if texts else []
-        room = self.max_seq_length - 2
-        truncated = sum(len(p) > room for p in pieces)
-        return [[self.bos_id, *p[:room], self.eos_id] for p in pieces], truncated
+        ids, cut = self.frame(self.pieces(texts))
+        return ids, sum(cut)
+
+    def pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """The SentencePiece ids of each text, without <bos>/<eos> and uncut."""
+        return self.sp.encode(list(texts)) if texts else []
+
+    def frame(
+        self, pieces: Sequence[Sequence[int]], max_length: int | None = None
+    ) -> tuple[list[list[int]], list[bool]]:
+        """<bos> pieces <eos> for each sequence, the pieces cut so that the whole fits max_length (default:
+        max_seq_length), and whether each was cut."""
+        room = min(max_length or self.max_seq_length, self.max_seq_length) - 2
+        return [[self.bos_id, *p[:room], self.eos_id] for p in pieces], [len(p) > room for p in pieces]
