@@ -21,6 +21,9 @@ Modules, by concern:
   retrieval        exact top-k on the device over the mesh, BEIR directories, trec_eval metrics, evaluation
   mining           hard-negative mining with sentence-transformers' semantics, resumable
   mteb             MtebEncoder and the `mteb` command: MTEB tasks with the official entry's prompts
+  serve            the `serve` command: an OpenAI- and text-embeddings-inference-compatible HTTP server (FastAPI)
+  batcher          the server's dynamic batching: requests' texts packed by a token budget into the encoder's buckets
+  benchmark_serve  the `benchmark-serve` command: load on any OpenAI-compatible embedding server
   compile_options  XLA compiler options per platform and dtype (and a CPU timing check)
   flops            analytic forward FLOPs (AOT ratio, benchmark MFU)
   aot              compile encode / train steps for TPU topologies without a TPU: memory and FLOPs per chip

@@ -1,5 +1,5 @@
-"""The `embeddinggemma` command line: encode, search, similarity, evaluate, mine, info, convert, train, aot,
-benchmark, benchmark-train, parity.
+"""The `embeddinggemma` command line: encode, search, similarity, evaluate, mine, serve, info, convert, train,
+aot, benchmark, benchmark-serve, benchmark-train, parity, mteb.
 
 Every command takes the checkpoint from --model (default: $EMBEDDINGGEMMA_CHECKPOINT, else the Hub id
 google/embeddinggemma-300m). Bad input ends the command with exit status 1 and one line on stderr, never a
@@ -19,7 +19,17 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from embeddinggemma import aot, benchmark, corpus, mteb, parity, quantization, weight_quantization
+from embeddinggemma import (
+    aot,
+    benchmark,
+    benchmark_serve,
+    corpus,
+    mteb,
+    parity,
+    quantization,
+    serve,
+    weight_quantization,
+)
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.encoder import EmbeddingGemma
 from embeddinggemma.files import check_outputs, write_atomic
@@ -506,6 +516,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(
         sub,
+        "serve",
+        "Serve embeddings over HTTP: OpenAI's /v1/embeddings and text-embeddings-inference's /embed, batched.",
+        "embeddinggemma serve --model ~/models/embeddinggemma-300m --port 8080",
+        f"Needs the serve extra ({serve.INSTALL_HINT}). /health answers 200 once every batch shape is "
+        "compiled; SIGTERM finishes the requests in flight and exits with status 0.",
+    )
+    _add_model_args(p, batch=False)
+    serve.add_arguments(p)
+    _add_cache_args(p)
+    p.set_defaults(func=serve.run)
+
+    p = _subparser(
+        sub,
         "info",
         "Print the model's configuration, parameter count, devices and attention backend.",
         "embeddinggemma info --model ~/models/embeddinggemma-300m",
@@ -566,6 +589,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_option(p)
     benchmark.add_arguments(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = _subparser(
+        sub,
+        "benchmark-serve",
+        "Load-test an OpenAI-compatible embedding server: texts/s, tokens/s, p50/p99 latency, errors per level.",
+        "embeddinggemma benchmark-serve --url http://127.0.0.1:8080 --concurrency 1,8,32 --workloads short,long",
+        "Works against any server with /v1/embeddings (this one, infinity-emb, text-embeddings-inference).",
+    )
+    benchmark_serve.add_arguments(p)
+    p.set_defaults(func=benchmark_serve.run)
 
     p = _subparser(
         sub,

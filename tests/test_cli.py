@@ -283,7 +283,7 @@ def test_every_command_help_has_an_example() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
     expected = {"convert", "encode", "search", "similarity", "info", "train", "aot", "benchmark", "benchmark-train"}
-    expected |= {"parity", "mteb", "evaluate", "mine"}
+    expected |= {"parity", "mteb", "evaluate", "mine", "serve", "benchmark-serve"}
     assert set(commands) == expected
     for name, sub in commands.items():
         assert "example:\n  embeddinggemma " + name in sub.format_help(), name
@@ -298,6 +298,8 @@ OTHER_TESTS = (
     "parity",
     "mteb",
     "mine",  # its example mines the code-search set; tests/test_mining.py runs the command
+    "serve",  # runs until stopped; tests/test_serve.py runs it
+    "benchmark-serve",  # needs a running server; tests/test_serve.py runs it
 )  # run in their own tests (slow, or need the real checkpoint or the network)
 
 

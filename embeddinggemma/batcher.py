@@ -1,0 +1,318 @@
+"""Dynamic batching for `embeddinggemma serve`: the texts of concurrent requests packed into encoder batches.
+
+Each request's sequences (token ids already framed by the tokenizer) join one queue per length bucket, the
+encoder's buckets (`batching.bucket_length`). One worker thread owns the device: it takes the bucket whose
+oldest text has waited longest, packs up to that bucket's row count of its texts, pads the batch to exactly
+that row count (`EmbeddingGemma.dispatch`) and, while the device runs it, packs the next one when a full
+batch is already waiting (otherwise it collects the running batch first, so that late arrivals still join
+the next one). A partial batch leaves once its oldest text has waited `batch_timeout` seconds.
+
+Every bucket has a single row count, from the token budget: the largest power of two with rows x length
+<= max_batch_tokens and rows <= max_batch_size (at least one row), rounded up to a multiple of the mesh's
+batch shards. So the compiled shapes are one per bucket, `warm_up` compiles (or loads from JAX's persistent
+cache) all of them before the batcher accepts work, and a text always runs in the same program whatever it
+shares a batch with. Rows of a batch do not interact, so its vector does not depend on its batch-mates' texts;
+only its row within the batch can change the float32 rounding (XLA:CPU's matmul tiles treat the last rows of
+some shapes differently: up to ~2e-7 per coordinate on the tiny test model; tests/test_serve.py checks 32
+concurrent clients against one-at-a-time requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from embeddinggemma import batching
+from embeddinggemma.encoder import EmbeddingGemma
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The queue holds max_queue texts already: retry later (HTTP 429)."""
+
+
+class NotAccepting(Exception):
+    """The batcher is still warming up, or shutting down (HTTP 503)."""
+
+
+def rows_for(length: int, max_batch_tokens: int, max_batch_size: int, multiple: int = 1) -> int:
+    """The row count of every batch of one length bucket: the largest power of two with rows x length <=
+    max_batch_tokens and rows <= max_batch_size (at least 1), rounded up to a multiple of `multiple`."""
+    n = max(1, min(max_batch_tokens // length, max_batch_size))
+    return batching.padded_rows(1 << (n.bit_length() - 1), multiple)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one device batch did, for metrics."""
+
+    texts: int
+    rows: int
+    length: int
+    tokens: int  # real tokens (no padding)
+    seconds: float  # dispatch to result on the host
+    waits: list[float]  # each text's time in the queue before its batch was dispatched
+
+
+@dataclass(eq=False)
+class Request:
+    """One caller's sequences; `future` (of the caller's event loop) resolves to their (n, dim) vectors."""
+
+    ids: Sequence[Sequence[int]]
+    out: np.ndarray
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    remaining: int
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Text:
+    request: Request
+    index: int
+    seq: int  # arrival order
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """The queue and the worker thread. `start()` warms up and then serves; `submit` + `await future` from
+    an event loop; `cancel` drops a request's queued texts; `close()` serves what is queued and stops."""
+
+    def __init__(
+        self,
+        model: EmbeddingGemma,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int = 256,
+        max_queue: int = 4096,
+        batch_timeout: float = 0.002,
+        max_length: int | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ):
+        cfg = model.config
+        self.model = model
+        self.max_length = min(max_length or cfg.max_seq_length, cfg.max_seq_length)
+        longest = batching.bucket_length(self.max_length, cfg.max_seq_length)
+        buckets = [b for b in batching.length_buckets(cfg.max_seq_length) if b <= longest]
+        self.rows = {b: rows_for(b, max_batch_tokens, max_batch_size, model.batch_multiple) for b in buckets}
+        self.max_queue = max_queue
+        self.batch_timeout = batch_timeout
+        self.on_batch = on_batch
+        self.warmup_seconds: float | None = None
+        self.error: BaseException | None = None  # why warm-up failed
+        self._queues: dict[int, deque[_Text]] = {b: deque() for b in buckets}
+        self._depth = 0
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._state = "new"  # -> warming -> ready -> closing -> closed (or failed)
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ the caller's side
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def depth(self) -> int:
+        """Texts queued and not yet in a batch."""
+        return self._depth
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """The (rows, length) batch shapes this batcher runs, all compiled by the warm-up."""
+        return [(rows, length) for length, rows in self.rows.items()]
+
+    def start(self) -> None:
+        """Start the worker thread: it warms up every shape, then the batcher accepts work."""
+        with self._cond:
+            if self._state != "new":
+                raise RuntimeError(f"batcher already started ({self._state})")
+            self._state = "warming"
+        self._thread = threading.Thread(target=self._run, name="embeddinggemma-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, ids: Sequence[Sequence[int]], loop: asyncio.AbstractEventLoop) -> Request:
+        """Queue framed sequences (each at most max_length tokens); their vectors arrive in the returned
+        request's future. Raises NotAccepting or QueueFull."""
+        if not ids:
+            raise ValueError("nothing to embed")
+        too_long = [len(x) for x in ids if len(x) > self.max_length]
+        if too_long:
+            raise ValueError(f"a sequence of {too_long[0]} tokens is over this batcher's {self.max_length}")
+        max_seq = self.model.config.max_seq_length
+        request = Request(
+            ids, np.zeros((len(ids), self.model.config.embedding_dim), np.float32), loop.create_future(), loop, len(ids)
+        )
+        with self._cond:
+            if self._state != "ready":
+                raise NotAccepting("warming up" if self._state in ("new", "warming") else "shutting down")
+            if self._depth and self._depth + len(ids) > self.max_queue:
+                raise QueueFull(f"{self._depth} texts are queued (the limit is {self.max_queue})")
+            for i, x in enumerate(ids):
+                self._queues[batching.bucket_length(len(x), max_seq)].append(_Text(request, i, next(self._seq)))
+            self._depth += len(ids)
+            self._cond.notify()
+        return request
+
+    def cancel(self, request: Request) -> int:
+        """Drop the request's texts that are still queued (its client went away); returns how many."""
+        with self._cond:
+            if request.cancelled:
+                return 0
+            request.cancelled = True
+            removed = 0
+            for q in self._queues.values():
+                keep = [t for t in q if t.request is not request]
+                removed += len(q) - len(keep)
+                if len(keep) != len(q):
+                    q.clear()
+                    q.extend(keep)
+            self._depth -= removed
+        return removed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Accept nothing more, embed what is queued, finish the batch in flight, stop the worker."""
+        with self._cond:
+            if self._state in ("new", "closed"):
+                self._state = "closed"
+                return
+            if self._state != "failed":
+                self._state = "closing"
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the worker
+
+    def _run(self) -> None:
+        try:
+            self._warm_up()
+        except BaseException as e:  # reported by the server (health stays 503) and logged
+            logger.exception("warm-up failed")
+            self.error = e
+            with self._cond:
+                self._state = "failed"
+            return
+        pending = None
+        while True:
+            batch = self._take(wait=pending is None)
+            launched = self._launch(batch) if batch else None
+            if pending is not None:
+                self._finish(*pending)
+            if batch is None and pending is None:
+                break  # closing, and nothing left
+            pending = launched
+        with self._cond:
+            self._state = "closed"
+
+    def _warm_up(self) -> None:
+        """Run one batch of every shape, so that no request waits for a compile."""
+        cfg = self.model.config
+        start = time.perf_counter()
+        for length, rows in self.rows.items():
+            if self._state != "warming":
+                return
+            t = time.perf_counter()
+            dummy = [[cfg.bos_id, *[cfg.pad_id] * (length - 2), cfg.eos_id]]  # exactly `length` tokens
+            self.model.collect(self.model.dispatch(dummy, rows=rows), 1)
+            logger.info("warm-up: batch %d x %d ready in %.2f s", rows, length, time.perf_counter() - t)
+        self.warmup_seconds = time.perf_counter() - start
+        with self._cond:
+            if self._state == "warming":
+                self._state = "ready"
+
+    def _oldest_bucket(self) -> int | None:
+        heads = [(q[0].seq, b) for b, q in self._queues.items() if q]
+        return min(heads)[1] if heads else None
+
+    def _take(self, *, wait: bool) -> list[_Text] | None:
+        """The next batch: the bucket of the oldest queued text, up to its row count. Without `wait`, only a
+        full batch (or None); with it, waits for work, and for a partial batch to fill until its oldest text
+        has waited batch_timeout. None when closing and the queue is empty."""
+        with self._cond:
+            while True:
+                bucket = self._oldest_bucket()
+                if bucket is None:
+                    if not wait or self._state != "ready":
+                        return None
+                    self._cond.wait()
+                    continue
+                q, rows = self._queues[bucket], self.rows[bucket]
+                if len(q) < rows and self._state == "ready":
+                    if not wait:
+                        return None
+                    left = q[0].enqueued + self.batch_timeout - time.perf_counter()
+                    if left > 0:
+                        self._cond.wait(left)
+                        continue
+                batch = [q.popleft() for _ in range(min(rows, len(q)))]
+                self._depth -= len(batch)
+                return batch
+
+    def _launch(self, batch: list[_Text]) -> tuple[list[_Text], jax.Array, float] | None:
+        start = time.perf_counter()
+        try:
+            ids = [t.request.ids[t.index] for t in batch]
+            length = batching.bucket_length(max(map(len, ids)), self.model.config.max_seq_length)
+            return batch, self.model.dispatch(ids, rows=self.rows[length]), start
+        except Exception as e:
+            self._fail(batch, e)
+            return None
+
+    def _finish(self, batch: list[_Text], emb: jax.Array, start: float) -> None:
+        try:
+            vectors = self.model.collect(emb, len(batch))
+        except Exception as e:
+            self._fail(batch, e)
+            return
+        seconds = time.perf_counter() - start
+        for t, vector in zip(batch, vectors, strict=True):
+            request = t.request
+            if request.cancelled:
+                continue
+            request.out[t.index] = vector
+            request.remaining -= 1
+            if request.remaining == 0:
+                _call_soon(request, _resolve, request.future, request.out)
+        if self.on_batch is not None:
+            ids = [t.request.ids[t.index] for t in batch]
+            length = batching.bucket_length(max(map(len, ids)), self.model.config.max_seq_length)
+            report = BatchReport(
+                len(batch), self.rows[length], length, sum(map(len, ids)), seconds, [start - t.enqueued for t in batch]
+            )
+            try:
+                self.on_batch(report)
+            except Exception:
+                logger.exception("on_batch callback failed")
+
+    def _fail(self, batch: list[_Text], error: Exception) -> None:
+        logger.error("a batch of %d texts failed: %s", len(batch), error, exc_info=error)
+        for request in {id(t.request): t.request for t in batch}.values():
+            _call_soon(request, _reject, request.future, error)
+
+
+def _call_soon(request: Request, fn: Callable, *args: object) -> None:
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting any more
+        request.loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve(future: asyncio.Future, value: np.ndarray) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _reject(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
