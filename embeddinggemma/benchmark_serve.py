@@ -69,16 +69,20 @@ class Client:
         return self.conn
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        conn = self._connection()
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, self.base + path, body=data, headers=self.headers)
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            self.conn = None
-            raise
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in (0, 1):
+            reused = self.conn is not None
+            conn = self._connection()
+            try:
+                conn.request(method, self.base + path, body=data, headers=self.headers)
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.conn = None
+                if not reused or attempt:  # a kept-alive connection the server closed meanwhile: once more
+                    raise
         try:
             return response.status, json.loads(raw)
         except json.JSONDecodeError:

@@ -49,6 +49,7 @@ ENDPOINTS = ("/v1/embeddings", "/embed", "/v1/models", "/info", "/health", "/met
 QUIET_WHEN_OK = ("/health", "/metrics")  # polled: not access-logged when they answer 200
 OPENAI_FIELDS = {"input", "model", "dimensions", "encoding_format", "user", "prompt_name", "prompt", "truncate"}
 TEI_FIELDS = {"inputs", "normalize", "truncate", "truncation_direction", "prompt_name", "prompt", "dimensions"}
+INLINE_ITEMS = 32  # requests up to this many inputs are tokenized and rendered on the event loop
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
 
@@ -509,8 +510,16 @@ def create_app(model: EmbeddingGemma, batcher: Batcher, options: ServeOptions, m
             raise ApiError(499, "the client closed the connection", code="client_closed")
         return pending.future.result()
 
+    async def off_loop(size: int, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """fn(*args) in a worker thread for a big request (tokenizing or rendering thousands of texts would stall
+        every other request), inline for a small one (a thread hop costs more than the work)."""
+        if size > INLINE_ITEMS:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
     async def run_job(request: Request, body: dict, api: str) -> tuple[np.ndarray, EmbedJob]:
-        job = await asyncio.to_thread(prepare, model, body, limits, api=api)
+        inputs = body.get("input" if api == "openai" else "inputs")
+        job = await off_loop(len(inputs) if isinstance(inputs, list) else 1, prepare, model, body, limits, api=api)
         return finish(await embed(request, job), job), job
 
     @endpoint
@@ -527,14 +536,14 @@ def create_app(model: EmbeddingGemma, batcher: Batcher, options: ServeOptions, m
                 code="model_not_found",
             )
         emb, job = await run_job(request, body, "openai")
-        content = await asyncio.to_thread(openai_response, emb, job, options.served_model_name)
+        content = await off_loop(len(emb), openai_response, emb, job, options.served_model_name)
         return Response(content, media_type="application/json")
 
     @endpoint
     async def tei_embed(request: Request) -> Response:
         authorize(request)
         emb, _ = await run_job(request, await read_json(request, limits.max_request_bytes), "tei")
-        content = await asyncio.to_thread(lambda: json.dumps(emb.tolist()).encode())
+        content = await off_loop(len(emb), lambda: json.dumps(emb.tolist()).encode())
         return Response(content, media_type="application/json")
 
     @endpoint

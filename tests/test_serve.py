@@ -34,7 +34,7 @@ NAME = "tiny-embeddinggemma"
 SERVER_ARGS = ["--max-input-tokens", "64", "--max-batch-tokens", "512", "--max-inputs", "64"]
 # A partial batch waits up to 10 ms for more texts: the tiny model's batches take ~20 ms on the contended 2-core
 # CI machine, about as long as the server spends on one request's HTTP and JSON, so without that wait few texts
-# meet in the queue (measured: 1.1-1.4x with the default 2 ms, 2.1x with 10 ms).
+# meet in the queue (measured on the loaded machine: 1.0-1.4x with the default 2 ms, 1.5-2.6x with 10 ms).
 SERVER_ARGS += ["--max-request-bytes", "65536", "--api-key", KEY, "--batch-timeout-ms", "10"]
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TEXTS = [
@@ -268,8 +268,8 @@ def test_concurrent_clients_get_the_one_at_a_time_vectors_faster(server) -> None
         f"({ratio:.2f}x); {texts_done:.0f} texts in {batches:.0f} batches; max |diff| {worst:.1e}"
     )
     assert texts_done == len(texts) + n_together
-    assert batches < texts_done * 0.8  # concurrent texts shared batches
-    assert ratio > 1.3  # measured 2.1x (2026-11-29, the contended 2-core CPU; see SERVER_ARGS)
+    assert batches < texts_done * 0.9  # concurrent texts shared batches (measured: 0.57-0.73 batches a text)
+    assert ratio > 1.2  # measured 1.5-2.6x (2026-11-29, the 2-core CPU with load 5-7; see SERVER_ARGS)
     assert _metric(after, "embeddinggemma_compiled_shapes") == 3  # the warm-up compiled every shape used
 
 
