@@ -58,8 +58,8 @@ def require_extra() -> None:
     for name in ("fastapi", "uvicorn", "prometheus_client"):
         try:
             __import__(name)
-        except ImportError:
-            raise ImportError(f"serving needs {name}: {INSTALL_HINT}") from None
+        except ImportError as e:  # the cause too: an installed fastapi can fail on a dependency of its own
+            raise ImportError(f"serving needs {name} ({e}): {INSTALL_HINT}") from None
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -470,12 +470,15 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, tin
 
     real_import = builtins.__import__
 
-    def no_fastapi(name, *args, **kwargs):
+    def broken_fastapi(name, *args, **kwargs):  # installed, but a dependency of its own is missing
         if name.split(".")[0] == "fastapi":
-            raise ImportError(f"No module named {name!r}")
+            raise ImportError("No module named 'opentelemetry'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_fastapi)
+    monkeypatch.setattr(builtins, "__import__", broken_fastapi)
     assert cli.main(["serve", "--model", str(tiny_dir)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "embeddinggemma serve: error: serving needs fastapi: pip install 'embeddinggemma-jax[serve]'"
+    assert err == (
+        "embeddinggemma serve: error: serving needs fastapi (No module named 'opentelemetry'): "
+        "pip install 'embeddinggemma-jax[serve]'"
+    )
