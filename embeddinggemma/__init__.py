@@ -28,7 +28,8 @@ Modules, by concern:
   flops            analytic forward FLOPs (AOT ratio, benchmark MFU)
   aot              compile encode / train steps for TPU topologies without a TPU: memory and FLOPs per chip
   benchmark        this encoder vs sentence-transformers, both in one run
-  parity           this encoder vs sentence-transformers on a fixed corpus (and that corpus)
+  verify           the `verify` command: this machine's vectors vs golden ones (shipped) or a live sentence-transformers
+  parity           the fixed texts of the parity checks
   cli              the `embeddinggemma` command
   train/           fine-tuning: config, sources, data, losses, step (GradCache), loop, checkpointing, benchmark,
                    code_search_data (a retrieval set built from Python sources)

@@ -25,9 +25,9 @@ from embeddinggemma import (
     benchmark_serve,
     corpus,
     mteb,
-    parity,
     quantization,
     serve,
+    verify,
     weight_quantization,
 )
 from embeddinggemma.checkpoint import DEFAULT_MODEL
@@ -613,15 +613,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(
         sub,
-        "parity",
-        "Compare this encoder's embeddings with sentence-transformers' on a fixed multilingual corpus.",
-        "embeddinggemma parity --model ~/models/embeddinggemma-300m",
-        "Needs torch and sentence-transformers.",
+        "verify",
+        "Check that this machine gives the reference vectors: every backend and dtype, against golden vectors.",
+        "embeddinggemma verify --model ~/models/embeddinggemma-300m --attention all --dtype float32,bfloat16\n"
+        "embeddinggemma verify --model runs/ft/export --reference sentence-transformers",
+        "--dtype and --attention take comma-separated lists (--attention all: every backend of this platform). "
+        "Exit status 0 only if every row passes. Paste the report into bug reports.",
     )
-    _add_model_option(p)
-    parity.add_arguments(p)
+    _add_model_args(p)
+    verify.add_arguments(p)
     _add_cache_args(p)
-    p.set_defaults(func=parity.run)
+    p.set_defaults(func=verify.run)
 
     p = _subparser(
         sub,

@@ -1,17 +1,13 @@
-"""`embeddinggemma parity`: our embeddings against sentence-transformers (PyTorch, float32, CPU) on a checkpoint.
+"""The fixed texts of the parity checks (the tests, and `embeddinggemma verify`'s verification set).
 
-The corpus is fixed and exercises the traps: several languages and scripts, code, whitespace, emoji, an
-empty string, documents of roughly 300, 700, 1200, 1600 and 2000 tokens (longer than a sliding window)
-and one over the 2048-token limit (truncated), all in one mixed-length batch. The real-checkpoint tests
-(tests/test_reference.py) use the same corpus. Needs torch and sentence-transformers.
+They exercise the traps: several languages and scripts, code, whitespace, emoji, an empty string,
+documents of roughly 300, 700, 1200, 1600 and 2000 tokens (longer than a sliding window) and one over
+the 2048-token limit (truncated).
 """
 
 from __future__ import annotations
 
-import argparse
 import random
-
-import numpy as np
 
 SHORT = [
     "Which planet is known as the Red Planet?",
@@ -60,37 +56,3 @@ QUERIES = [
     "How do I add two integers in Python?",
     "SQL query to find duplicate names",
 ]
-
-
-def report(model: str, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[tuple[str, float, float]]:
-    """(dtype, max |diff|, min cosine) of ours vs sentence-transformers float32 on `reference_corpus()`."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise ImportError(
-            "the parity report needs sentence-transformers and torch: pip install torch sentence-transformers"
-        ) from e
-    from embeddinggemma import EmbeddingGemma
-    from embeddinggemma.checkpoint import locate
-
-    root = str(locate(model))
-    docs = reference_corpus()
-    ref = SentenceTransformer(root, device="cpu").encode_document(docs, batch_size=4)  # length-sorted: little padding
-    rows = []
-    for dtype in dtypes:
-        ours = EmbeddingGemma.from_pretrained(root, dtype=dtype).encode_document(docs, batch_size=32)
-        rows.append((dtype, float(np.abs(ours - ref).max()), float((ours * ref).sum(-1).min())))
-    return rows
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", action="append", choices=["float32", "bfloat16"], help="default: both")
-
-
-def run(args: argparse.Namespace) -> int:
-    rows = report(args.model, tuple(args.dtype or ("float32", "bfloat16")))
-    print(f"{len(reference_corpus())} texts, reference: sentence-transformers float32 on CPU")
-    print(f"{'dtype':<10} {'max |diff|':>12} {'min cosine':>12}")
-    for dtype, diff, cos in rows:
-        print(f"{dtype:<10} {diff:>12.3e} {cos:>12.8f}")
-    return 0

@@ -239,7 +239,7 @@ COMMAND_MISTAKES = {
     ),
     "unknown aot step": (["aot", "--steps", "encode,nope"], 2, "comma-separated list of encode, train"),
     "bad topology": (["aot", "--topology", "v5e:nonsense", "--steps", "encode"], 1, "TPU topology 'v5e:nonsense'"),
-    "parity without a model": (["parity", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
+    "verify without a model": (["verify", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
     "benchmark without a model": (["benchmark", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
     "convert onto its source": (["convert", "{tiny}", "{tiny}"], 1, "already exists; choose a new output directory"),
 }
@@ -283,7 +283,7 @@ def test_every_command_help_has_an_example() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
     expected = {"convert", "encode", "search", "similarity", "info", "train", "aot", "benchmark", "benchmark-train"}
-    expected |= {"parity", "mteb", "evaluate", "mine", "serve", "benchmark-serve"}
+    expected |= {"verify", "mteb", "evaluate", "mine", "serve", "benchmark-serve"}
     assert set(commands) == expected
     for name, sub in commands.items():
         assert "example:\n  embeddinggemma " + name in sub.format_help(), name
@@ -295,7 +295,7 @@ OTHER_TESTS = (
     "aot",
     "benchmark",
     "benchmark-train",
-    "parity",
+    "verify",  # tests/test_verify.py runs it (its example needs the real checkpoint)
     "mteb",
     "mine",  # its example mines the code-search set; tests/test_mining.py runs the command
     "serve",  # runs until stopped; tests/test_serve.py runs it
