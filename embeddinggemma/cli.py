@@ -288,7 +288,7 @@ def _clip(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
@@ -336,7 +336,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
         "int4 embeddings/MLP/Dense, int8 attention); needs the quant extra (default: float weights)",
     )
     if batch:
-        g.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass (default: 32)")
+        g.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
 
 
 def _add_cache_args(p: argparse.ArgumentParser) -> None:
@@ -355,9 +355,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prompt-name", help="a prompt of the model, e.g. query, document, STS, Clustering")
     g.add_argument("--prompt", help="a literal prefix, e.g. 'task: search result | query: '")
-    p.add_argument(
-        "--truncate-dim", type=_positive_int, help="Matryoshka: keep the first D dims (768, 512, 256 or 128)"
-    )
+    p.add_argument("--truncate-dim", type=positive_int, help="Matryoshka: keep the first D dims (768, 512, 256 or 128)")
 
 
 def _subparser(
@@ -393,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids-output", help="also write a JSONL with each row's id (JSONL id field, else line number)")
     p.add_argument("--overwrite", action="store_true", help="replace --output / --ids-output if they exist")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
-    p.add_argument("--shard-size", type=_positive_int, default=2048, help="texts per resumable shard (default: 2048)")
+    p.add_argument("--shard-size", type=positive_int, default=2048, help="texts per resumable shard (default: 2048)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--precision",
@@ -429,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--texts", help="with a .npy corpus: the file it was encoded from, to print the texts")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
-    p.add_argument("-k", type=_positive_int, default=10, help="results per query (default: 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
     p.add_argument(
         "--precision",
         choices=("float32", *quantization.BINARY_PRECISIONS),
@@ -440,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rescore-multiplier",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="M",
         help="binary/ubinary: rescore the k x M nearest by Hamming distance (default: 4)",
@@ -478,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--document-prompt", help="literal prefix of untitled documents (default: the model's)")
     p.add_argument("--title-prompt", default="title: {title} | text: ", help="prefix of titled documents")
     p.add_argument("--ignore-identical-ids", action="store_true", help="never count a document with the query's id")
-    p.add_argument("--chunk", type=_positive_int, default=16384, help="documents embedded and searched at once")
+    p.add_argument("--chunk", type=positive_int, default=16384, help="documents embedded and searched at once")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p)
     _add_cache_args(p)
@@ -496,16 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="more candidates: a .txt (one a line) or .jsonl file (default: the positives)")
     p.add_argument("--text-field", default="text", help="the --corpus JSONL's text field (default: text)")
     p.add_argument("--columns", help='JSON column mapping, e.g. \'{"query": "question", "positive": "answer"}\'')
-    p.add_argument("--num-negatives", type=_positive_int, default=3, help="negatives per row (default: 3)")
+    p.add_argument("--num-negatives", type=positive_int, default=3, help="negatives per row (default: 3)")
     p.add_argument("--range-min", type=int, default=0, help="skip the N best candidates (default: 0)")
-    p.add_argument("--range-max", type=_positive_int, help="consider only the N best (default: derived)")
+    p.add_argument("--range-max", type=positive_int, help="consider only the N best (default: derived)")
     p.add_argument("--max-score", type=float, help="drop candidates scoring above this")
     p.add_argument("--min-score", type=float, help="drop candidates scoring below this")
     p.add_argument("--absolute-margin", type=float, help="drop candidates within this of the positive's score")
     p.add_argument("--relative-margin", type=float, help="drop candidates above (1 - m) x the positive's score")
     p.add_argument("--sampling", choices=("top", "random"), default="top", help="the best, or random (default: top)")
     p.add_argument("--seed", type=int, default=0, help="for --sampling random (default: 0)")
-    p.add_argument("--shard-size", type=_positive_int, default=2048, help="texts per resumable embedding shard")
+    p.add_argument("--shard-size", type=positive_int, default=2048, help="texts per resumable embedding shard")
     p.add_argument("--query-prompt", help="literal query prefix (default: the model's query prompt)")
     p.add_argument("--document-prompt", help="literal candidate prefix (default: the model's document prompt)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

@@ -599,6 +599,8 @@ def default_served_name(model: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from embeddinggemma.cli import positive_int  # cli imports this module; by now it is loaded
+
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0: all)")
     g.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s; 0: any free port, logged)")
@@ -612,12 +614,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("batching")
     g.add_argument(
         "--max-batch-tokens",
-        type=_positive,
+        type=positive_int,
         help="padded tokens per device batch, rows x length (default: 1024 on CPU, 16384 on an accelerator); "
         "each length bucket gets the largest power-of-two row count within it",
     )
-    g.add_argument("--max-batch-size", type=_positive, default=256, help="rows per device batch (default: 256)")
-    g.add_argument("--max-queue", type=_positive, default=4096, help="texts waiting, beyond which requests get 429")
+    g.add_argument("--max-batch-size", type=positive_int, default=256, help="rows per device batch (default: 256)")
+    g.add_argument("--max-queue", type=positive_int, default=4096, help="texts waiting, beyond which requests get 429")
     g.add_argument(
         "--batch-timeout-ms",
         type=float,
@@ -627,24 +629,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("request limits")
     g.add_argument(
         "--max-input-tokens",
-        type=_positive,
+        type=positive_int,
         help="longest input in tokens, with <bos>/<eos> and the prompt (default: the model's max_seq_length); "
         "longer inputs are truncated, or refused with truncate=false; fewer length buckets to compile",
     )
-    g.add_argument("--max-inputs", type=_positive, default=2048, help="inputs per request (default: 2048)")
+    g.add_argument("--max-inputs", type=positive_int, default=2048, help="inputs per request (default: 2048)")
     g.add_argument(
-        "--max-request-bytes", type=_positive, default=16 * 2**20, help="request body size limit (default: 16 MiB)"
+        "--max-request-bytes", type=positive_int, default=16 * 2**20, help="request body size limit (default: 16 MiB)"
     )
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
 
 
 def _port(value: str) -> int:
