@@ -207,8 +207,11 @@ def test_peak_memory_does_not_grow_with_the_dataset(tiny_dir: Path, tmp_path: Pa
 
     peaks = dict(_peak_anon_mib(tiny_dir, write(n), tmp_path) for n in (300, 1_500_000, 3_000_000))
     print(f"peak anonymous memory (MiB) by rows: {peaks}")
-    assert peaks[3_000_000] <= peaks[300] + 96  # converting holds about one 100,000-row group
-    assert peaks[3_000_000] <= peaks[1_500_000] + 16  # and twice the rows cost nothing more
+    # Converting holds about one 100,000-row group; the same file's peak varies by ~25 MiB between runs (CI
+    # 2026-11-30: 144 / 242 MiB for 300 / 3M rows; alone: 144 / 248 / 226 for 300 / 1.5M / 3M). Holding the
+    # rows would cost their ~280 MiB of text on top.
+    assert peaks[3_000_000] <= peaks[300] + 128
+    assert peaks[3_000_000] <= peaks[1_500_000] + 32  # and twice the rows cost nothing more
 
 
 @pytest.mark.parametrize("url", ["gs://bucket/run", "memory://run"])
