@@ -277,9 +277,11 @@ def format_row(row: Row) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from embeddinggemma.checkpoint import locate
-    from embeddinggemma.files import write_atomic
+    from embeddinggemma.files import check_outputs, write_atomic
 
     directory = locate(args.model)
+    inputs = [p for p in directory.rglob("*") if p.is_file()] + [Path(args.golden)]
+    check_outputs({"--json": args.json}, inputs, overwrite=True)  # a report is replaced, an input never
     if args.reference == "golden":
         golden = Golden.load(Path(args.golden))
         hashes = weight_hashes(directory)

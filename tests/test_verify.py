@@ -101,6 +101,16 @@ def test_golden_mode_refuses_another_checkpoint(tiny_dir, tmp_path, capsys):
     assert "--reference sentence-transformers" in out
 
 
+def test_a_report_path_equal_to_an_input_is_refused(tiny_dir, tiny_golden, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    weights = (model / "model.safetensors").read_bytes()
+    argv = ["verify", "--model", str(model), "--golden", str(tiny_golden), "--json", str(model / "model.safetensors")]
+    assert cli.main(argv) == 1
+    assert "is also an input; writing it would destroy the input" in capsys.readouterr().err
+    assert (model / "model.safetensors").read_bytes() == weights
+
+
 def test_live_sentence_transformers_reference_passes(tiny_dir, tmp_path, capsys):
     rc, out, report = run_verify(
         capsys, tmp_path, tiny_dir, "--reference", "sentence-transformers", "--attention", "blocked"
