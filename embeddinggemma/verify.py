@@ -111,8 +111,9 @@ def versions(*names: str) -> dict[str, str]:
     return found
 
 
-def sentence_transformers_encoder(directory: Path) -> Any:
-    """encode(texts, prompt_name=, prompt=) of a live SentenceTransformer, float32 on CPU."""
+def sentence_transformers_encoder(directory: Path) -> tuple[Any, list[str]]:
+    """(encode(texts, prompt_name=, prompt=), the model's prompt names) of a live SentenceTransformer,
+    float32 on CPU."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
