@@ -258,7 +258,8 @@ def throughput(model: Any, encode: Any, items: list[Item], peak_tflops: float | 
     start = time.perf_counter()
     encode_items(encode, items)
     seconds = time.perf_counter() - start
-    lengths = [len(x) for x in model.tokenizer.encode([item.text for item in items])]
+    prompted = [(item.prompt or model.prompts.get(item.prompt_name or "", "")) + item.text for item in items]
+    lengths = [len(x) for x in model.tokenizer.encode(prompted)]  # the tokens encoded, prompts included
     flops = sum(sum(forward_flops(model.config, n)) for n in lengths)
     kind = jax.devices()[0].device_kind
     peak = peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if kind.startswith(k)), None)
