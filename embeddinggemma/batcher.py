@@ -1,20 +1,25 @@
 """Dynamic batching for `embeddinggemma serve`: the texts of concurrent requests packed into encoder batches.
 
-Each request's sequences (token ids already framed by the tokenizer) join one queue per length bucket, the
-encoder's buckets (`batching.bucket_length`). One worker thread owns the device: it takes the bucket whose
-oldest text has waited longest, packs up to that bucket's row count of its texts, pads the batch to exactly
-that row count (`EmbeddingGemma.dispatch`) and, while the device runs it, packs the next one when a full
-batch is already waiting (otherwise it collects the running batch first, so that late arrivals still join
-the next one). A partial batch leaves once its oldest text has waited `batch_timeout` seconds.
+Each request's sequences (token ids already framed by the tokenizer) join one queue per length bucket: two
+buckets per doubling (32, 48, 64, 96, 128, 192, ...), coarser than `encode`'s eight, so that concurrent texts
+of similar length meet in one queue and fewer shapes need compiling. One worker thread owns the device: it
+takes the bucket whose oldest text has waited longest and packs up to that bucket's largest row count of its
+texts, oldest first. The batch runs at the smallest compiled row count that holds them, and the rows that
+would be padding go to the oldest queued texts of shorter buckets (they cost nothing more: the rows run
+anyway). While the device runs a batch, the worker packs the next one when a full batch is already waiting
+(otherwise it collects the running batch first, so that late arrivals still join the next one). A partial
+batch leaves once its oldest text has waited `batch_timeout` seconds.
 
-Every bucket has a single row count, from the token budget: the largest power of two with rows x length
-<= max_batch_tokens and rows <= max_batch_size (at least one row), rounded up to a multiple of the mesh's
-batch shards. So the compiled shapes are one per bucket, `warm_up` compiles (or loads from JAX's persistent
-cache) all of them before the batcher accepts work, and a text always runs in the same program whatever it
-shares a batch with. Rows of a batch do not interact, so its vector does not depend on its batch-mates' texts;
-only its row within the batch can change the float32 rounding (XLA:CPU's matmul tiles treat the last rows of
-some shapes differently: up to ~2e-7 per coordinate on the tiny test model; tests/test_serve.py checks 32
-concurrent clients against one-at-a-time requests).
+Row counts: per bucket, the largest is the largest power of two with rows x length <= max_batch_tokens and
+rows <= max_batch_size (at least one row); below it, every `row_step`-th smaller power down to one row, all
+rounded up to a multiple of the mesh's batch shards. A lone short text then runs a one-row batch, not a
+full one (on a CPU, padding rows cost as much as real ones). `warm_up` compiles (or loads from JAX's
+persistent cache) every shape before the batcher accepts work, so no request waits for a compile.
+
+Rows of a batch do not interact, so a vector does not depend on its batch-mates' texts; only the batch's
+shape (its row count, its padded length, the row a text lands on) can change the float32 rounding, by up to
+~2e-7 per coordinate on the tiny test model on XLA:CPU (tests/test_serve.py checks 32 concurrent clients
+against one-at-a-time requests).
 """
 
 from __future__ import annotations
@@ -46,11 +51,21 @@ class NotAccepting(Exception):
     """The batcher is still warming up, or shutting down (HTTP 503)."""
 
 
-def rows_for(length: int, max_batch_tokens: int, max_batch_size: int, multiple: int = 1) -> int:
-    """The row count of every batch of one length bucket: the largest power of two with rows x length <=
-    max_batch_tokens and rows <= max_batch_size (at least 1), rounded up to a multiple of `multiple`."""
-    n = max(1, min(max_batch_tokens // length, max_batch_size))
-    return batching.padded_rows(1 << (n.bit_length() - 1), multiple)
+SERVE_BUCKETS_PER_OCTAVE = 2
+
+
+def row_counts(
+    length: int, max_batch_tokens: int, max_batch_size: int, multiple: int = 1, step: int = 2
+) -> tuple[int, ...]:
+    """The compiled row counts of one length bucket, ascending: the largest power of two with rows x length
+    <= max_batch_tokens and rows <= max_batch_size (at least 1), then every power of `step` below it down to
+    one row, each rounded up to a multiple of `multiple`."""
+    most = 1 << (max(1, min(max_batch_tokens // length, max_batch_size)).bit_length() - 1)
+    counts, n = {most}, 1
+    while n < most:
+        counts.add(n)
+        n *= step
+    return tuple(sorted({batching.padded_rows(n, multiple) for n in counts}))
 
 
 @dataclass(frozen=True)
@@ -98,14 +113,17 @@ class Batcher:
         max_queue: int = 4096,
         batch_timeout: float = 0.002,
         max_length: int | None = None,
+        row_step: int = 2,
         on_batch: Callable[[BatchReport], None] | None = None,
     ):
         cfg = model.config
         self.model = model
         self.max_length = min(max_length or cfg.max_seq_length, cfg.max_seq_length)
-        longest = batching.bucket_length(self.max_length, cfg.max_seq_length)
-        buckets = [b for b in batching.length_buckets(cfg.max_seq_length) if b <= longest]
-        self.rows = {b: rows_for(b, max_batch_tokens, max_batch_size, model.batch_multiple) for b in buckets}
+        longest = self._bucket(self.max_length)
+        buckets = [b for b in batching.length_buckets(cfg.max_seq_length, SERVE_BUCKETS_PER_OCTAVE) if b <= longest]
+        self.rows = {
+            b: row_counts(b, max_batch_tokens, max_batch_size, model.batch_multiple, row_step) for b in buckets
+        }
         self.max_queue = max_queue
         self.batch_timeout = batch_timeout
         self.on_batch = on_batch
@@ -132,7 +150,7 @@ class Batcher:
     @property
     def shapes(self) -> list[tuple[int, int]]:
         """The (rows, length) batch shapes this batcher runs, all compiled by the warm-up."""
-        return [(rows, length) for length, rows in self.rows.items()]
+        return [(rows, length) for length, counts in self.rows.items() for rows in counts]
 
     def start(self) -> None:
         """Start the worker thread: it warms up every shape, then the batcher accepts work."""
@@ -151,7 +169,6 @@ class Batcher:
         too_long = [len(x) for x in ids if len(x) > self.max_length]
         if too_long:
             raise ValueError(f"a sequence of {too_long[0]} tokens is over this batcher's {self.max_length}")
-        max_seq = self.model.config.max_seq_length
         request = Request(
             ids, np.zeros((len(ids), self.model.config.embedding_dim), np.float32), loop.create_future(), loop, len(ids)
         )
@@ -161,7 +178,7 @@ class Batcher:
             if self._depth and self._depth + len(ids) > self.max_queue:
                 raise QueueFull(f"{self._depth} texts are queued (the limit is {self.max_queue})")
             for i, x in enumerate(ids):
-                self._queues[batching.bucket_length(len(x), max_seq)].append(_Text(request, i, next(self._seq)))
+                self._queues[self._bucket(len(x))].append(_Text(request, i, next(self._seq)))
             self._depth += len(ids)
             self._cond.notify()
         return request
@@ -221,7 +238,7 @@ class Batcher:
         """Run one batch of every shape, so that no request waits for a compile."""
         cfg = self.model.config
         start = time.perf_counter()
-        for length, rows in self.rows.items():
+        for rows, length in self.shapes:
             if self._state != "warming":
                 return
             t = time.perf_counter()
@@ -237,10 +254,13 @@ class Batcher:
         heads = [(q[0].seq, b) for b, q in self._queues.items() if q]
         return min(heads)[1] if heads else None
 
+    def _bucket(self, length: int) -> int:
+        return batching.bucket_length(length, self.model.config.max_seq_length, SERVE_BUCKETS_PER_OCTAVE)
+
     def _take(self, *, wait: bool) -> list[_Text] | None:
-        """The next batch: the bucket of the oldest queued text, up to its row count. Without `wait`, only a
-        full batch (or None); with it, waits for work, and for a partial batch to fill until its oldest text
-        has waited batch_timeout. None when closing and the queue is empty."""
+        """The next batch: from the bucket of the oldest queued text (see `_pack`). Without `wait`, only a full
+        batch (or None); with it, waits for work, and for a partial batch to fill until its oldest text has
+        waited batch_timeout. None when closing and the queue is empty."""
         with self._cond:
             while True:
                 bucket = self._oldest_bucket()
@@ -249,29 +269,42 @@ class Batcher:
                         return None
                     self._cond.wait()
                     continue
-                q, rows = self._queues[bucket], self.rows[bucket]
-                if len(q) < rows and self._state == "ready":
+                fits = sum(len(q) for b, q in self._queues.items() if b <= bucket)
+                if fits < self.rows[bucket][-1] and self._state == "ready":
                     if not wait:
                         return None
-                    left = q[0].enqueued + self.batch_timeout - time.perf_counter()
+                    left = self._queues[bucket][0].enqueued + self.batch_timeout - time.perf_counter()
                     if left > 0:
                         self._cond.wait(left)
                         continue
-                batch = [q.popleft() for _ in range(min(rows, len(q)))]
-                self._depth -= len(batch)
-                return batch
+                return self._pack(bucket)
 
-    def _launch(self, batch: list[_Text]) -> tuple[list[_Text], jax.Array, float] | None:
+    def _pack(self, bucket: int) -> list[_Text]:
+        """Up to the bucket's largest row count of its texts, oldest first; the rest of the smallest row count
+        that holds them goes to the oldest texts of shorter buckets (those rows would be padding)."""
+        q = self._queues[bucket]
+        batch = [q.popleft() for _ in range(min(self.rows[bucket][-1], len(q)))]
+        rows = next(r for r in self.rows[bucket] if r >= len(batch))
+        while len(batch) < rows:
+            heads = [(q[0].seq, b) for b, q in self._queues.items() if b < bucket and q]
+            if not heads:
+                break
+            batch.append(self._queues[min(heads)[1]].popleft())
+        self._depth -= len(batch)
+        return batch
+
+    def _launch(self, batch: list[_Text]) -> tuple[list[_Text], jax.Array, float, int, int] | None:
         start = time.perf_counter()
         try:
             ids = [t.request.ids[t.index] for t in batch]
-            length = batching.bucket_length(max(map(len, ids)), self.model.config.max_seq_length)
-            return batch, self.model.dispatch(ids, rows=self.rows[length]), start
+            length = self._bucket(max(map(len, ids)))
+            rows = next(r for r in self.rows[length] if r >= len(batch))
+            return batch, self.model.dispatch(ids, rows=rows), start, rows, length
         except Exception as e:
             self._fail(batch, e)
             return None
 
-    def _finish(self, batch: list[_Text], emb: jax.Array, start: float) -> None:
+    def _finish(self, batch: list[_Text], emb: jax.Array, start: float, rows: int, length: int) -> None:
         try:
             vectors = self.model.collect(emb, len(batch))
         except Exception as e:
@@ -287,11 +320,8 @@ class Batcher:
             if request.remaining == 0:
                 _call_soon(request, _resolve, request.future, request.out)
         if self.on_batch is not None:
-            ids = [t.request.ids[t.index] for t in batch]
-            length = batching.bucket_length(max(map(len, ids)), self.model.config.max_seq_length)
-            report = BatchReport(
-                len(batch), self.rows[length], length, sum(map(len, ids)), seconds, [start - t.enqueued for t in batch]
-            )
+            tokens = sum(len(t.request.ids[t.index]) for t in batch)
+            report = BatchReport(len(batch), rows, length, tokens, seconds, [start - t.enqueued for t in batch])
             try:
                 self.on_batch(report)
             except Exception:
