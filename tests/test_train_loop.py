@@ -85,9 +85,13 @@ def _train_subprocess(cfg_path: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+STEPS = 20
+
+
 def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
-    """From Parquet input (the data position is format-independent: tests/test_train_data.py)."""
-    overrides = {"steps": 60, "save_every": 1000, "eval_file": None, "export": False, "log_every": 1}
+    """From Parquet input (the data position is format-independent: tests/test_train_data.py). 20 steps of
+    16 rows: nearly 3 epochs of the 117 training rows, so the resumed run crosses epoch boundaries."""
+    overrides = {"steps": STEPS, "save_every": 1000, "eval_file": None, "export": False, "log_every": 1}
     overrides |= {"train_file": str(as_parquet(data[0]))}
     overrides |= {"grad_cache_chunk": None}  # one compile fewer per process
     cfg = tmp_path / "cfg.json"
@@ -101,7 +105,7 @@ def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
     stopped, _ = final_state(tmp_path / "interrupted")
-    assert 3 <= stopped < 60, stopped
+    assert 3 <= stopped < STEPS, stopped
 
     refused = _train_subprocess(cfg)  # same output_dir without --resume: an error, nothing overwritten
     out, _ = refused.communicate(timeout=120)
@@ -118,7 +122,7 @@ def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
     assert straight.returncode == 0, out
 
     (step_a, a), (step_b, b) = final_state(tmp_path / "interrupted"), final_state(tmp_path / "straight")
-    assert step_a == step_b == 60
+    assert step_a == step_b == STEPS
     for x, y in zip(nnx_leaves(a["params"]), nnx_leaves(b["params"]), strict=True):
         np.testing.assert_array_equal(x, y)
 
