@@ -57,3 +57,12 @@ def reference_dir() -> Path:
     if not path:
         pytest.skip("EMBEDDINGGEMMA_CHECKPOINT is not set (the real google/embeddinggemma-300m directory)")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def reference_model(reference_dir: Path):
+    """The real checkpoint in float32, loaded once for test_reference and test_weight_quantization (a load
+    takes about 10 s on a 2-core CPU)."""
+    from embeddinggemma import EmbeddingGemma
+
+    return EmbeddingGemma.from_pretrained(reference_dir)

@@ -16,8 +16,8 @@ MIN_COS = 0.99999
 
 
 @pytest.fixture(scope="module")
-def ours(reference_dir):
-    return EmbeddingGemma.from_pretrained(reference_dir)
+def ours(reference_model):
+    return reference_model
 
 
 @pytest.fixture(scope="module")

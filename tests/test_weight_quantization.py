@@ -323,11 +323,11 @@ def test_a_bfloat16_checkpoint_loads_as_its_float32_values(tiny_dir, tiny_model,
 
 
 @pytest.mark.reference
-def test_real_checkpoint_quantized_cosine(reference_dir):
+def test_real_checkpoint_quantized_cosine(reference_dir, reference_model):
     """The real checkpoint (when EMBEDDINGGEMMA_CHECKPOINT is set): int8's mean cosine to float32 >= 0.998 (the
     issue's bar); int4 and mixed a little under what they measured (2026-11-29: int8 min 0.99862 / mean
     0.99954, int4 0.88796 / 0.95098, mixed 0.86153 / 0.92999), printed with pytest -s."""
-    ref = EmbeddingGemma.from_pretrained(reference_dir).encode(TEXTS)
+    ref = reference_model.encode(TEXTS)
     for mode, min_bound, mean_bound in (("int8", 0.998, 0.999), ("int4", 0.87, 0.94), ("mixed", 0.85, 0.92)):
         cos = (EmbeddingGemma.from_pretrained(reference_dir, quantization=mode).encode(TEXTS) * ref).sum(axis=1)
         print(f"{mode}: min cosine {cos.min():.5f}, mean {cos.mean():.5f} over {len(TEXTS)} texts")
