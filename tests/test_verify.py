@@ -122,7 +122,7 @@ def test_live_sentence_transformers_reference_passes(tiny_dir, tmp_path, capsys)
 def test_real_checkpoint_golden_passes(reference_dir, tmp_path, capsys):
     """The shipped golden vectors on the real checkpoint (when EMBEDDINGGEMMA_CHECKPOINT is set): blocked
     float32 and dense bfloat16, so both CPU backends and both dtypes (blocked bfloat16 and float32 on the
-    real checkpoint: tests/test_reference.py), about 3 minutes on a 2-core CPU. (splash_interpret, Pallas's
+    real checkpoint: tests/test_reference.py), about 4 minutes on a 2-core CPU. (splash_interpret, Pallas's
     interpreter, takes over 10 minutes per row there: it is checked against dense on the tiny model,
     tests/test_attention.py.)"""
     rows = []
