@@ -243,7 +243,7 @@ class Batcher:
                 return
             t = time.perf_counter()
             dummy = [[cfg.bos_id, *[cfg.pad_id] * (length - 2), cfg.eos_id]]  # exactly `length` tokens
-            self.model.collect(self.model.dispatch(dummy, rows=rows), 1)
+            self.model.collect(self.model.dispatch(dummy, rows=rows, length=length), 1)
             logger.info("warm-up: batch %d x %d ready in %.2f s", rows, length, time.perf_counter() - t)
         self.warmup_seconds = time.perf_counter() - start
         with self._cond:
@@ -299,7 +299,7 @@ class Batcher:
             ids = [t.request.ids[t.index] for t in batch]
             length = self._bucket(max(map(len, ids)))
             rows = next(r for r in self.rows[length] if r >= len(batch))
-            return batch, self.model.dispatch(ids, rows=rows), start, rows, length
+            return batch, self.model.dispatch(ids, rows=rows, length=length), start, rows, length
         except Exception as e:
             self._fail(batch, e)
             return None

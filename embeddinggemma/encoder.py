@@ -265,18 +265,21 @@ class EmbeddingGemma:
         """Batch row counts are a multiple of this: the number of batch shards of the mesh (1 without one)."""
         return self._batch_multiple
 
-    def pad_batch(self, ids: list[list[int]], rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens, valid) of one batch: its length bucket, and `rows` rows (default: a power-of-two row count
-        that is a multiple of the mesh's batch shards)."""
-        length = batching.bucket_length(max(map(len, ids)), self.config.max_seq_length)
+    def pad_batch(
+        self, ids: list[list[int]], rows: int | None = None, length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, valid) of one batch: `length` columns (default: the encoder's length bucket of its longest
+        sequence) and `rows` rows (default: a power-of-two row count that is a multiple of the mesh's batch
+        shards)."""
+        length = batching.bucket_length(max(map(len, ids)), self.config.max_seq_length) if length is None else length
         rows = batching.padded_rows(len(ids), self._batch_multiple) if rows is None else rows
         return batching.pad(ids, length=length, rows=rows, pad_id=self.config.pad_id)
 
-    def dispatch(self, ids: list[list[int]], rows: int | None = None) -> jax.Array:
-        """Pad one batch (to `rows` rows if given, see `pad_batch`), place it and start the forward pass;
+    def dispatch(self, ids: list[list[int]], rows: int | None = None, length: int | None = None) -> jax.Array:
+        """Pad one batch (to `rows` x `length` if given, see `pad_batch`), place it and start the forward pass;
         returns without waiting for the result (`collect` waits). `encode_ids` and the server's batcher
         keep one batch in flight this way."""
-        tokens, valid = self.pad_batch(ids, rows)
+        tokens, valid = self.pad_batch(ids, rows, length)
         if tokens.shape not in self._compiled_shapes:
             logger.debug("compiling encode for batch %d x %d tokens", *tokens.shape)
             self._compiled_shapes.add(tokens.shape)
