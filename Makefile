@@ -33,4 +33,4 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(TEST_ENV) $(PY) -m pytest -q --durations=15
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15

@@ -12,8 +12,14 @@ from tests.tiny_checkpoint import build_tiny_checkpoint
 
 @pytest.fixture(scope="session", autouse=True)
 def private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Converted data and compiled programs go to the test run's own directories (subprocesses inherit them)."""
-    for var, name in (("EMBEDDINGGEMMA_DATA_CACHE", "data-cache"), ("HF_DATASETS_CACHE", "hf-datasets-cache")):
+    """Converted data and compiled programs go to the test run's own directories (subprocesses inherit them;
+    under pytest-xdist each worker has its own, so no two processes write one cache at once)."""
+    caches = {
+        "EMBEDDINGGEMMA_DATA_CACHE": "data-cache",
+        "HF_DATASETS_CACHE": "hf-datasets-cache",
+        "EMBEDDINGGEMMA_COMPILATION_CACHE": "jax-cache",
+    }
+    for var, name in caches.items():
         os.environ[var] = str(tmp_path_factory.mktemp(name))
 
 

@@ -122,7 +122,7 @@ def test_cli_writes_a_training_input_and_resumes_after_a_kill(tiny_dir: Path, tm
     work = tmp_path / "resumed.jsonl.mining" / "candidates.npy.partial"
     cmd = [str(SCRIPT), *map(str, common), "-o", str(out)]
     proc = subprocess.Popen(cmd, env=cli_env(tiny_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 400
     while not list(work.glob("shard-*.npy")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)

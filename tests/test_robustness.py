@@ -663,7 +663,7 @@ def interrupt(proc: subprocess.Popen, ready: Callable[[], bool], delay: float, s
     running = proc.poll() is None
     if running:
         proc.send_signal(sig)
-    proc.wait(timeout=120)
+    proc.wait(timeout=400)
     return running
 
 

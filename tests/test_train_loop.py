@@ -102,27 +102,27 @@ def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
     cfg.write_text(json.dumps(tiny_run_config(tiny_dir, data, tmp_path / "interrupted", **overrides)))
     proc = _train_subprocess(cfg)
     metrics = tmp_path / "interrupted" / "metrics.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + 400
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 143, out
     stopped, _ = final_state(tmp_path / "interrupted")
     assert 3 <= stopped < STEPS, stopped
 
     refused = _train_subprocess(cfg)  # same output_dir without --resume: an error, nothing overwritten
-    out, _ = refused.communicate(timeout=120)
+    out, _ = refused.communicate(timeout=300)
     assert refused.returncode != 0 and "--resume" in out, out
 
     resumed = _train_subprocess(cfg, "--resume")
-    out, _ = resumed.communicate(timeout=180)
+    out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
 
     straight_cfg = tmp_path / "straight.json"
     straight_cfg.write_text(json.dumps(tiny_run_config(tiny_dir, data, tmp_path / "straight", **overrides)))
     straight = _train_subprocess(straight_cfg)
-    out, _ = straight.communicate(timeout=180)
+    out, _ = straight.communicate(timeout=600)
     assert straight.returncode == 0, out
 
     (step_a, a), (step_b, b) = final_state(tmp_path / "interrupted"), final_state(tmp_path / "straight")
