@@ -18,7 +18,7 @@ persistent cache) every shape before the batcher accepts work, so no request wai
 
 Rows of a batch do not interact, so a vector does not depend on its batch-mates' texts; only the batch's
 shape (its row count, its padded length, the row a text lands on) can change the float32 rounding, by up to
-~2e-7 per coordinate on the tiny test model on XLA:CPU (tests/test_serve.py checks 32 concurrent clients
+~3e-7 per coordinate on the tiny test model on XLA:CPU (tests/test_serve.py checks 32 concurrent clients
 against one-at-a-time requests).
 """
 
@@ -225,7 +225,7 @@ class Batcher:
         pending = None
         while True:
             batch = self._take(wait=pending is None)
-            launched = self._launch(batch) if batch else None
+            launched = self._launch(*batch) if batch else None
             if pending is not None:
                 self._finish(*pending)
             if batch is None and pending is None:
@@ -257,7 +257,7 @@ class Batcher:
     def _bucket(self, length: int) -> int:
         return batching.bucket_length(length, self.model.config.max_seq_length, SERVE_BUCKETS_PER_OCTAVE)
 
-    def _take(self, *, wait: bool) -> list[_Text] | None:
+    def _take(self, *, wait: bool) -> tuple[list[_Text], int, int] | None:
         """The next batch: from the bucket of the oldest queued text (see `_pack`). Without `wait`, only a full
         batch (or None); with it, waits for work, and for a partial batch to fill until its oldest text has
         waited batch_timeout. None when closing and the queue is empty."""
@@ -279,9 +279,10 @@ class Batcher:
                         continue
                 return self._pack(bucket)
 
-    def _pack(self, bucket: int) -> list[_Text]:
-        """Up to the bucket's largest row count of its texts, oldest first; the rest of the smallest row count
-        that holds them goes to the oldest texts of shorter buckets (those rows would be padding)."""
+    def _pack(self, bucket: int) -> tuple[list[_Text], int, int]:
+        """(texts, rows, length): up to the bucket's largest row count of its texts, oldest first; the rest of
+        the smallest row count that holds them goes to the oldest texts of shorter buckets (those rows would
+        be padding)."""
         q = self._queues[bucket]
         batch = [q.popleft() for _ in range(min(self.rows[bucket][-1], len(q)))]
         rows = next(r for r in self.rows[bucket] if r >= len(batch))
@@ -291,14 +292,14 @@ class Batcher:
                 break
             batch.append(self._queues[min(heads)[1]].popleft())
         self._depth -= len(batch)
-        return batch
+        return batch, rows, bucket
 
-    def _launch(self, batch: list[_Text]) -> tuple[list[_Text], jax.Array, float, int, int] | None:
+    def _launch(
+        self, batch: list[_Text], rows: int, length: int
+    ) -> tuple[list[_Text], jax.Array, float, int, int] | None:
         start = time.perf_counter()
         try:
             ids = [t.request.ids[t.index] for t in batch]
-            length = self._bucket(max(map(len, ids)))
-            rows = next(r for r in self.rows[length] if r >= len(batch))
             return batch, self.model.dispatch(ids, rows=rows, length=length), start, rows, length
         except Exception as e:
             self._fail(batch, e)
