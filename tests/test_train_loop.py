@@ -35,7 +35,8 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return write_split(tmp_path_factory.mktemp("retrieval"))
 
 
-SHORT_RUN = {"steps": 20, "eval_every": 10}
+STEPS = 20  # nearly 3 epochs of the 117 training rows
+SHORT_RUN = {"steps": STEPS, "eval_every": 10}
 
 
 def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
@@ -87,9 +88,6 @@ def _train_subprocess(cfg_path: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-STEPS = 20
 
 
 def test_sigterm_then_resume_is_bit_exact(tiny_dir, data, tmp_path):
