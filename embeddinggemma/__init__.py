@@ -31,8 +31,8 @@ Modules, by concern:
   verify           the `verify` command: this machine's vectors vs golden ones (shipped) or a live sentence-transformers
   parity           the fixed texts of the parity checks
   cli              the `embeddinggemma` command
-  train/           fine-tuning: config, sources, data, losses, step (GradCache), loop, checkpointing, benchmark,
-                   code_search_data (a retrieval set built from Python sources)
+  train/           fine-tuning: config, sources, data, losses, step (GradCache), loop, checkpointing, outputs,
+                   benchmark, code_search_data (a retrieval set built from Python sources)
   data/            the bundled demo corpus (and demo-beir/, the same documents as a BEIR directory)
   configs          the bundled training configs (the repository's configs/)
 """

@@ -9,6 +9,11 @@ import pytest
 
 from tests.tiny_checkpoint import build_tiny_checkpoint
 
+# gcsfs's default filesystem first asks the Storage Control gRPC API for the bucket's layout; the GCS
+# emulator of tests/test_gcs.py has none, and each lookup would wait out a 60 s timeout. Set before gcsfs
+# is imported (it reads this at import).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:

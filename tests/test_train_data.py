@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from embeddinggemma.config import ModelConfig
-from embeddinggemma.files import OutputError
 from embeddinggemma.train import TrainConfig, train
 from embeddinggemma.train.data import Batches, Collator, Prompts
 from embeddinggemma.train.sources import Columns, DataError, Example, open_rows
@@ -212,10 +211,3 @@ def test_peak_memory_does_not_grow_with_the_dataset(tiny_dir: Path, tmp_path: Pa
     # rows would cost their ~280 MiB of text on top.
     assert peaks[3_000_000] <= peaks[300] + 128
     assert peaks[3_000_000] <= peaks[1_500_000] + 32  # and twice the rows cost nothing more
-
-
-@pytest.mark.parametrize("url", ["gs://bucket/run", "memory://run"])
-def test_remote_output_dir_is_refused_before_anything_runs(url: str, tiny_dir: Path, inputs: dict[str, str]) -> None:
-    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, (inputs["jsonl"], inputs["eval"]), Path("x"), output_dir=url))
-    with pytest.raises(OutputError, match=f"output_dir {url}: outputs go to a local path or a file:// URL"):
-        train(cfg)

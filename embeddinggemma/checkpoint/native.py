@@ -74,7 +74,7 @@ class _Muted(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_orbax(path: Path, settle_s: float = 0.2, max_wait_s: float = 2.0) -> Iterator[None]:
+def quiet_orbax(path: str | os.PathLike, settle_s: float = 0.2, max_wait_s: float = 2.0) -> Iterator[None]:
     """Orbax reports a failed read or write of `path` (a corrupt file, a full disk) from its worker threads
     too: absl ERROR logs with tracebacks, then, as TensorStore finishes the operation's other reads or writes,
     asyncio's "exception was never retrieved", "Event loop is closed" and never-awaited coroutines, some only

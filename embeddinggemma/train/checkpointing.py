@@ -7,19 +7,20 @@ saved: they are the starting model's, which a resumed run loads again.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from embeddinggemma.checkpoint.native import first_line, quiet_orbax
 from embeddinggemma.config import CheckpointError
 
 
 class RunCheckpoints:
-    def __init__(self, directory: str | Path, keep: int):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: str, keep: int):
+        """`directory`: an absolute local path or a gs:// URL."""
+        self.directory = epath.Path(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),

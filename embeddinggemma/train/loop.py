@@ -1,6 +1,6 @@
 """`train(config)`: the fine-tuning loop (load, shard, step, log, evaluate, checkpoint, resume, export).
 
-Outputs under `output_dir`:
+Outputs under `output_dir` (a local directory or a gs:// URL: see outputs.py):
   train_config.json   the TrainConfig of the run
   metrics.jsonl       one JSON object per logged step ({"step", "loss", "loss@768", ..., "examples_per_s",
                       "tokens_per_s"}) and per evaluation ({"step", "eval/768/ndcg@10", ...})
@@ -24,12 +24,10 @@ import json
 import logging
 import math
 import queue
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import jax
@@ -40,11 +38,12 @@ from tqdm.auto import tqdm
 from embeddinggemma import checkpoint, retrieval, sharding, weight_quantization
 from embeddinggemma.checkpoint import hf
 from embeddinggemma.encoder import EmbeddingGemma
-from embeddinggemma.files import OutputError, local_dir
+from embeddinggemma.files import OutputError
 from embeddinggemma.tokenizer import Tokenizer
 from embeddinggemma.train.checkpointing import RunCheckpoints
 from embeddinggemma.train.config import TrainConfig
 from embeddinggemma.train.data import Batches, Collator, Prompts
+from embeddinggemma.train.outputs import OutputDir
 from embeddinggemma.train.sources import Columns, examples, open_rows
 from embeddinggemma.train.step import TrainStep, build_train_step, split_module, training_module
 
@@ -64,16 +63,20 @@ def _evalset(spec: str, columns: Columns | None) -> retrieval.RetrievalSet:
 
 
 class MetricsLog:
-    """metrics.jsonl (appended, so a resumed run continues the file) plus TensorBoard when available."""
+    """metrics.jsonl (appended, so a resumed run continues the file) plus TensorBoard when available;
+    both uploaded after each write when output_dir is a URL."""
 
-    def __init__(self, output_dir: Path, tensorboard: bool):
+    def __init__(self, out: OutputDir, tensorboard: bool):
         self.enabled = jax.process_index() == 0
-        self.path = output_dir / "metrics.jsonl"
+        self.out = out
+        self.path = out.local / "metrics.jsonl"
         self.writer = None
+        if self.enabled:
+            out.fetch("metrics.jsonl")  # a resumed run continues an uploaded file
         if self.enabled and tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(out.local / "tensorboard"))
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -84,6 +87,8 @@ class MetricsLog:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
             self.writer.flush()
+            self.out.publish("tensorboard")
+        self.out.publish("metrics.jsonl")
 
 
 @contextlib.contextmanager
@@ -166,26 +171,25 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def check_output_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> list[str]:
+def check_output_dir(cfg: TrainConfig, out: OutputDir, *, resume: bool, overwrite: bool) -> list[str]:
     """The earlier run's files in output_dir that this run would replace (checked before anything loads).
 
     A fresh run refuses an output_dir with an earlier run in it; a resumed run refuses to replace an
     existing export at its end. `overwrite` allows both.
     """
-    out = local_dir(cfg.output_dir, "output_dir")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output_dir {out} is a file")
-    found = [name for name in RUN_FILES if (out / name).exists()]
+    if out.is_file():
+        raise OutputError(f"output_dir {out.spec} is a file")
+    found = [name for name in RUN_FILES if out.exists(name)]
     if overwrite:
         return found
     if resume and cfg.export and "export" in found:
         raise OutputError(
-            f"{out / 'export'} exists (an earlier run's export): the resumed run would replace it at the end; "
+            f"{out.url('export')} exists (an earlier run's export): the resumed run would replace it at the end; "
             "pass --overwrite to allow that, or set export=false"
         )
     if not resume and found:
         raise OutputError(
-            f"{out} holds an earlier run ({', '.join(found)}): pass --resume to continue it, --overwrite to "
+            f"{out.spec} holds an earlier run ({', '.join(found)}): pass --resume to continue it, --overwrite to "
             "replace it, or choose a new output_dir"
         )
     return []
@@ -200,7 +204,7 @@ class Run:
     """One training run: what `setup` builds, `loop` advances and `finish` exports."""
 
     cfg: TrainConfig
-    out: Path
+    out: OutputDir
     mesh: jax.sharding.Mesh
     ts: TrainStep
     frozen: nnx.State
@@ -219,10 +223,9 @@ class Run:
         self.step = int(self.state["step"])  # 0, or the restored step
 
     @classmethod
-    def setup(cls, cfg: TrainConfig, *, resume: bool, replace: list[str]) -> Run:
+    def setup(cls, cfg: TrainConfig, out: OutputDir, *, resume: bool, replace: list[str]) -> Run:
         """Load the model onto the mesh, read the data, build the step, and restore or initialize the state.
         `replace`: an earlier run's files in output_dir to delete before this run writes (--overwrite)."""
-        out = local_dir(cfg.output_dir, "output_dir")
         mesh = sharding.make_mesh(cfg.mesh)
         ckpt = checkpoint.load(cfg.model, dtype=cfg.param_dtype, mesh=mesh, purpose="train")
         module = training_module(cfg, ckpt.config)
@@ -248,11 +251,12 @@ class Run:
 
         if jax.process_index() == 0:  # the earlier run's export stays until ours is complete (finish)
             for name in (n for n in replace if n != "export"):
-                shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+                out.remove(name)
+            out.local.mkdir(parents=True, exist_ok=True)
+            (out.local / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            out.publish("train_config.json")
         _sync("output_dir ready")
-        ckpts = RunCheckpoints(out / "checkpoints", cfg.keep_checkpoints)
+        ckpts = RunCheckpoints(out.checkpoints(), cfg.keep_checkpoints)
         latest = ckpts.latest_step() if resume else None  # a fresh run's directory has none (check_output_dir)
         if latest is not None:
             state, data_state = ckpts.restore(latest, ts.abstract_state, ts.state_shardings)
@@ -326,7 +330,7 @@ class Run:
             t0, examples, tokens = time.perf_counter(), 0, 0
             while self.step < self.total:
                 if profile and self.step + 1 == profile[0]:
-                    jax.profiler.start_trace(str(self.out / "profile"))
+                    jax.profiler.start_trace(str(self.out.local / "profile"))
                 with jax.profiler.StepTraceAnnotation("train", step_num=self.step + 1):
                     batch, batch_tokens = next(batches)
                     self.state, metrics = self.ts(self.state, self.frozen, batch)
@@ -334,6 +338,7 @@ class Run:
                 if profile and self.step == profile[1]:
                     jax.block_until_ready(metrics)
                     jax.profiler.stop_trace()
+                    self.out.publish("profile")  # each host's trace is its own file
                 self.unchecked.append((self.step, metrics["loss"]))
                 idle.dispatched(self.step, metrics["loss"])
                 tokens, examples = tokens + batch_tokens, examples + cfg.global_batch_size
@@ -377,9 +382,8 @@ class Run:
             result["eval_end"] = self.evaluate()
             if self.cfg.export and jax.process_index() == 0:
                 full = nnx.state(nnx.merge(self.ts.graphdef, self.frozen, self.state["params"]))
-                result["export"] = str(
-                    hf.write(jax.device_get(full), self.encoder.metadata_dir, self.out / "export", replace=True)
-                )
+                hf.write(jax.device_get(full), self.encoder.metadata_dir, self.out.local / "export", replace=True)
+                result["export"] = self.out.publish_export()
         return result
 
 
@@ -391,14 +395,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     run's is complete, its export); without it a run never deletes or replaces anything.
     """
     sharding.maybe_initialize_distributed()
-    replace = check_output_dir(cfg, resume=resume, overwrite=overwrite)
-    cfg.check_model(checkpoint.read_config(cfg.model))
-    _sync("output_dir checked")  # before any process writes into it
-    run = Run.setup(cfg, resume=resume, replace=replace if not resume else [])
+    out = OutputDir(cfg.output_dir)
     try:
-        result = {"eval_start": run.evaluate()} if run.step == 0 else {}
-        status = run.loop()
-        return result | run.finish(status)
+        replace = check_output_dir(cfg, out, resume=resume, overwrite=overwrite)
+        cfg.check_model(checkpoint.read_config(cfg.model))
+        _sync("output_dir checked")  # before any process writes into it
+        run = Run.setup(cfg, out, resume=resume, replace=replace if not resume else [])
+        try:
+            result = {"eval_start": run.evaluate()} if run.step == 0 else {}
+            status = run.loop()
+            return result | run.finish(status)
+        finally:
+            run.ckpts.wait()
+            run.ckpts.close()
     finally:
-        run.ckpts.wait()
-        run.ckpts.close()
+        out.close()
