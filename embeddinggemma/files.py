@@ -20,20 +20,6 @@ class OutputError(ValueError):
     """An output path would overwrite an input or another output, exists already, or cannot be written."""
 
 
-def local_dir(spec: str | Path, what: str) -> Path:
-    """A local directory from a path or a `file://` URL. Other URLs (gs://, memory://) are refused by name:
-    outputs are made complete by renaming a temporary sibling, which object stores do not offer."""
-    spec = str(spec)
-    if spec.startswith("file://"):
-        return Path(spec.removeprefix("file://"))
-    if "://" in spec:
-        raise OutputError(
-            f"{what} {spec}: outputs go to a local path or a file:// URL; remote URLs are read as inputs only "
-            "(write locally, then copy, e.g. gcloud storage rsync)"
-        )
-    return Path(spec)
-
-
 def _sibling(dest: Path, tag: str) -> Path:
     return dest.parent / f".{dest.name}.{tag}-{secrets.token_hex(4)}"
 
