@@ -15,7 +15,7 @@ Modules, by concern:
                    the per-mode rules, parameter bytes
   sharding         device meshes, logical-axis rules, parameter / batch / activation shardings, multi-host input
   checkpoint/      load / save / convert; hf (sentence-transformers directory, the key table), native (orbax),
-                   hub (local directory or Hub id)
+                   hub (local directory, URL or Hub id)
   files            atomic files and directories; output paths checked against inputs before work starts
   corpus           text / JSONL input, resumable sharded encoding to .npy (any precision), top-k search
   retrieval        exact top-k on the device over the mesh, BEIR directories, trec_eval metrics, evaluation

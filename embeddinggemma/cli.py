@@ -32,7 +32,7 @@ from embeddinggemma import (
 )
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.encoder import EmbeddingGemma
-from embeddinggemma.files import check_outputs, write_atomic
+from embeddinggemma.files import cache_dir, check_outputs, write_atomic
 from embeddinggemma.train import benchmark as train_benchmark
 
 PROG = "embeddinggemma"
@@ -51,9 +51,7 @@ def default_model() -> str:
 
 def default_cache_dir() -> Path:
     """$EMBEDDINGGEMMA_COMPILATION_CACHE, else embeddinggemma/jax under the user's cache directory."""
-    if os.environ.get("EMBEDDINGGEMMA_COMPILATION_CACHE"):
-        return Path(os.environ["EMBEDDINGGEMMA_COMPILATION_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embeddinggemma" / "jax"
+    return cache_dir("jax", "EMBEDDINGGEMMA_COMPILATION_CACHE")
 
 
 def enable_compilation_cache(directory: Path) -> None:

@@ -20,6 +20,13 @@ class OutputError(ValueError):
     """An output path would overwrite an input or another output, exists already, or cannot be written."""
 
 
+def cache_dir(kind: str, env: str) -> Path:
+    """Where a cache of `kind` lives: $`env`, else embeddinggemma/`kind` under the user's cache directory."""
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embeddinggemma" / kind
+
+
 def _sibling(dest: Path, tag: str) -> Path:
     return dest.parent / f".{dest.name}.{tag}-{secrets.token_hex(4)}"
 

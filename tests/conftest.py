@@ -21,6 +21,7 @@ def private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     under pytest-xdist each worker has its own, so no two processes write one cache at once)."""
     caches = {
         "EMBEDDINGGEMMA_DATA_CACHE": "data-cache",
+        "EMBEDDINGGEMMA_MODEL_CACHE": "model-cache",
         "HF_DATASETS_CACHE": "hf-datasets-cache",
         "EMBEDDINGGEMMA_COMPILATION_CACHE": "jax-cache",
     }

@@ -17,7 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from embeddinggemma.files import OutputError
+from embeddinggemma import checkpoint
+from embeddinggemma.config import CheckpointError
+from embeddinggemma.files import OutputError, cache_dir
 from embeddinggemma.train import TrainConfig, train
 from embeddinggemma.train.checkpointing import RunCheckpoints
 from embeddinggemma.train.outputs import COMMIT_MARKER, OutputDir
@@ -85,9 +87,12 @@ def _metrics(gcs, path: str) -> list[dict]:
     return [json.loads(line) for line in gcs.cat_file(path).splitlines()]
 
 
-def test_train_with_data_and_output_dir_on_gcs(gcs, tiny_dir: Path, tmp_path: Path) -> None:
+def test_train_with_data_and_output_dir_on_gcs(
+    gcs, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run reads its data from gs:// and writes everything to gs://; a run preempted after step 2 resumes
-    from the bucket to the same parameters, metrics and export, byte for byte."""
+    from the bucket to the same parameters, metrics and export, byte for byte. The export loads from gs://."""
+    monkeypatch.setenv("EMBEDDINGGEMMA_MODEL_CACHE", str(tmp_path / "models"))
     train_file, _ = write_split(tmp_path)
     gcs.put_file(str(train_file), f"{BUCKET}/data/train.jsonl")
     url = f"gs://{BUCKET}/run"
@@ -105,6 +110,7 @@ def test_train_with_data_and_output_dir_on_gcs(gcs, tiny_dir: Path, tmp_path: Pa
     losses = {row["step"]: row["loss"] for row in _metrics(gcs, f"{root}/metrics.jsonl")}
     assert sorted(losses) == [2, 4] and all(np.isfinite(list(losses.values())))
     params = _params(f"{url}/checkpoints", 4)
+    _check_loads_from_the_bucket(gcs, f"{url}/export", tmp_path / "export-copy")
 
     gcs.rm(f"{root}/checkpoints/4", recursive=True)  # as if preempted after step 2's checkpoint
     for fs in type(gcs)._cache.values():  # the listings this process cached (orbax's epath has its own
@@ -119,6 +125,25 @@ def test_train_with_data_and_output_dir_on_gcs(gcs, tiny_dir: Path, tmp_path: Pa
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(_params(f"{url}/checkpoints", 4)), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert {p.removeprefix(f"{root}/export/"): gcs.cat_file(p) for p in gcs.find(f"{root}/export")} == export
+    assert _copies() == 1
+    checkpoint.load(f"{url}/export")  # the export's files are new objects (new generations): copied again
+    assert _copies() == 2
+
+
+def _copies() -> int:
+    return len(list(cache_dir("models", "EMBEDDINGGEMMA_MODEL_CACHE").iterdir()))
+
+
+def _check_loads_from_the_bucket(gcs, url: str, copy: Path) -> None:
+    """A checkpoint on gs:// loads as its local copy does, and is copied from the bucket once."""
+    gcs.get(url.removeprefix("gs://") + "/", str(copy), recursive=True)
+    local = checkpoint.load(copy)
+    for _ in range(2):
+        remote = checkpoint.load(url)
+        assert remote.config == local.config
+        for a, b in zip(jax.tree.leaves(remote.params), jax.tree.leaves(local.params), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _copies() == 1
 
 
 def test_a_failed_export_upload_keeps_the_local_copy(gcs, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,3 +162,8 @@ def test_a_failed_export_upload_keeps_the_local_copy(gcs, monkeypatch: pytest.Mo
 def test_other_remote_output_dirs_are_refused_by_name(url: str) -> None:
     with pytest.raises(OutputError, match=f"output_dir {url}: outputs go to a local path, a file:// URL or a gs://"):
         OutputDir(url)
+
+
+def test_a_missing_checkpoint_url_is_named(gcs) -> None:
+    with pytest.raises(CheckpointError, match=f"gs://{BUCKET}/nothing: no such checkpoint directory"):
+        checkpoint.load(f"gs://{BUCKET}/nothing")

@@ -240,7 +240,8 @@ class Argv:
         return texts
 
     def model_args(self, tiny: Path, root: Path, *, dtypes: tuple[str, ...] = ("float32",)) -> None:
-        self.pick("--model", [str(tiny)], [(str(root / "nope"), "nope"), (str(root / "good.txt"), "good.txt")])
+        bad = [(str(root / "nope"), "nope"), (str(root / "good.txt"), "good.txt"), ("memory://none", "memory://none")]
+        self.pick("--model", [str(tiny)], bad)
         self.pick("--dtype", list(dtypes), [("float16", "float16"), ("int8", "int8")])
         self.pick("--attention", ["auto", "dense"], [("bogus", "bogus")])
         self.pick("--mesh", ["data=-1"], [("data=3", "data=3"), ("nonsense", "nonsense")])

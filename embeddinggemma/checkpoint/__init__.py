@@ -4,7 +4,7 @@ Two formats hold the same parameters:
 * `hf` - a sentence-transformers directory, google/embeddinggemma-300m's layout: what users download
   and what we export (`SentenceTransformer(dir)` loads it).
 * `native` - our orbax checkpoint: parameters in any dtype, the ModelConfig, and the ST metadata files.
-`hub.locate` turns a directory or a Hub id into a local directory.
+`hub.locate` turns a directory, a URL (gs://) or a Hub id into a local directory.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from embeddinggemma import files
 from embeddinggemma.tokenizer import text_error
 
 logger = logging.getLogger(__name__)
@@ -233,9 +234,7 @@ class ArrowRows:
 
 def cache_dir() -> Path:
     """Where converted inputs are kept: $EMBEDDINGGEMMA_DATA_CACHE, else ~/.cache/embeddinggemma/data."""
-    if os.environ.get("EMBEDDINGGEMMA_DATA_CACHE"):
-        return Path(os.environ["EMBEDDINGGEMMA_DATA_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embeddinggemma" / "data"
+    return files.cache_dir("data", "EMBEDDINGGEMMA_DATA_CACHE")
 
 
 def _cached(fs: Any, paths: list[str], suffix: str, convert: Callable[[Path], None]) -> Path:
