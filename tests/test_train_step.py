@@ -9,7 +9,7 @@ import pytest
 
 from embeddinggemma import sharding
 from embeddinggemma.config import ModelConfig
-from embeddinggemma.train import losses, step
+from embeddinggemma.train import TrainConfig, losses, step
 from tests.train_helpers import EXAMPLES, collate, tiny_config, tiny_params
 
 GRAD_TOL = 1e-5
@@ -137,3 +137,17 @@ def test_negatives_on_other_devices_are_candidates(tiny_dir):
     assert np.allclose(d2[7, 2], d[0, 0], atol=1e-6)
     assert abs(float(loss2) - float(loss)) > 1e-2
     assert float(loss2) == pytest.approx(reference(q, d2), abs=1e-5)
+
+
+def test_a_run_with_the_same_step_reuses_the_compiled_one(tiny_dir):
+    """Configs that differ only in data, outputs or bookkeeping share one step (and its compiled programs);
+    a field of the step, or another total (the schedule), gives another."""
+    model_cfg, mesh = ModelConfig.from_checkpoint_dir(tiny_dir), sharding.make_mesh("data=-1")
+    first = step.build_train_step(tiny_config(), model_cfg, mesh, 10)
+    other_run = tiny_config(train_file="other.parquet", output_dir="gs://b/x", seed=3, log_every=1, export=False)
+    assert step.build_train_step(other_run, model_cfg, mesh, 10) is first
+    assert step.build_train_step(tiny_config(learning_rate=1e-3), model_cfg, mesh, 10) is not first
+    assert step.build_train_step(tiny_config(), model_cfg, mesh, 11) is not first
+    assert step.build_train_step(tiny_config(), model_cfg, sharding.make_mesh("fsdp=-1"), 10) is not first
+    in_step = set(TrainConfig.__dataclass_fields__) - step.NOT_IN_STEP
+    assert {"learning_rate", "grad_cache_chunk", "compute_dtype", "quantization", "mask_false_negatives"} <= in_step

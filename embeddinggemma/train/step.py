@@ -16,6 +16,8 @@ that gradient and sum. Activation memory is one chunk's; the gradient is the ful
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +36,15 @@ from embeddinggemma.train.config import TrainConfig
 Batch = dict[str, jax.Array]
 EmbedFn = Callable[[nnx.State, jax.Array, jax.Array], jax.Array]
 FROZEN = nnx.PathContains("embed_tokens")
+# TrainConfig fields that steer only the data, the outputs and the bookkeeping, never the step: runs that
+# differ only in these share one compiled step. A field not named here is part of the step's identity.
+NOT_IN_STEP = frozenset(
+    {"model", "train_file", "output_dir", "eval_file", "columns", "query_prompt", "document_prompt", "title_prompt"}
+    | {"skip_malformed", "seed", "prefetch", "data_threads", "steps", "epochs", "save_every", "keep_checkpoints"}
+    | {"eval_every", "eval_batch_size", "log_every", "tensorboard", "export", "profile_steps"}
+)
+_BUILT: OrderedDict[tuple, TrainStep] = OrderedDict()  # the last few steps built, with their compiled programs
+_KEEP_BUILT = 4
 
 
 def split_module(module: EmbeddingGemmaModule, freeze_embeddings: bool) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -219,7 +230,23 @@ class TrainStep:
 
 
 def build_train_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, total_steps: int) -> TrainStep:
-    """The sharded train step for `mesh` (parameters by sharding.py's "train" rules, batch on data+fsdp)."""
+    """The sharded train step for `mesh` (parameters by sharding.py's "train" rules, batch on data+fsdp).
+
+    The last few are kept: a run whose step is the same (a resumed run in the same process, a notebook's
+    second run, the same run on other data) reuses the programs compiled for each batch shape. Compiling
+    them takes most of a short run's time (about 20 s per (query, document) length pair for even a tiny
+    model on a CPU)."""
+    step_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_STEP}
+    key = (json.dumps(step_fields, sort_keys=True, default=str), model_cfg, mesh, total_steps)
+    if key not in _BUILT:
+        _BUILT[key] = _build_train_step(cfg, model_cfg, mesh, total_steps)
+        while len(_BUILT) > _KEEP_BUILT:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end(key)
+    return _BUILT[key]
+
+
+def _build_train_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, total_steps: int) -> TrainStep:
     graphdef, frozen, params = split_module(training_module(cfg, model_cfg), cfg.freeze_embeddings)
     tx = optimizer(cfg, total_steps)
     schedule = learning_rate_schedule(cfg, total_steps)
