@@ -10,15 +10,12 @@ that file is there. A failed upload keeps the staging directory and names it, so
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from embeddinggemma.files import OutputError
-
-logger = logging.getLogger(__name__)
 
 COMMIT_MARKER = "commit_success.txt"  # orbax's name for "this directory is complete" on object stores
 
