@@ -5,7 +5,6 @@ uploads and the resume run the code paths they run on a Cloud TPU VM."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -54,21 +53,20 @@ def gcs() -> Iterator[object]:
                 server.kill()
                 raise RuntimeError("the GCS emulator did not start") from None
             time.sleep(0.1)
-    env = {"STORAGE_EMULATOR_HOST": f"http://localhost:{port}", "TENSORSTORE_GCS_HTTP_URL": f"http://localhost:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     import fsspec
     import gcsfs
 
-    gcsfs.GCSFileSystem.clear_instance_cache()  # one made for another emulator would keep its address
-    try:
-        yield fsspec.filesystem("gs")
-    finally:
-        server.kill()
-        server.wait()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        gcsfs.GCSFileSystem.clear_instance_cache()
+    address = f"http://localhost:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STORAGE_EMULATOR_HOST", address)
+        env.setenv("TENSORSTORE_GCS_HTTP_URL", address)
+        gcsfs.GCSFileSystem.clear_instance_cache()  # one made for another emulator would keep its address
+        try:
+            yield fsspec.filesystem("gs")
+        finally:
+            server.kill()
+            server.wait()
+            gcsfs.GCSFileSystem.clear_instance_cache()
 
 
 def _params(url: str, step: int) -> dict:
