@@ -1,45 +1,34 @@
-"""EmbeddingGemma-300m in JAX / Flax NNX.
+"""EmbeddingGemma in JAX / Flax NNX: sentence-transformers' vectors, sharded over a device mesh, fine-tuned
+with the contrastive Matryoshka recipe.
 
-Modules, by concern:
-  encoder          EmbeddingGemma, the user API (from_pretrained, encode*, similarity, save_pretrained), and
-                   build_encode_step, the one compiled encode program
-  model            the NNX modules: RMSNorm, RoPE, Attention, MLP, Block, EmbeddingGemmaModule
-  attention        attention backends behind one function: dense, blocked, dot_product, splash
-  config           ModelConfig: read from a checkpoint directory, the 300m preset; refuses what we don't implement
-  tokenizer        SentencePiece with <bos> ... <eos> framing and truncation
-  batching         length buckets, padded row counts, padding (encoding and training)
-  vectors          host-side embedding math: L2 normalization, Matryoshka truncation, cosine, top-k
-  quantization     int8 / uint8 / binary / ubinary embeddings as sentence-transformers' quantize_embeddings,
-                   and binary search (Hamming candidates rescored with the float query)
-  weight_quantization  int8 / int4 / mixed-precision weights stored quantized (qwix): QuantizedWeight, quantize,
-                   the per-mode rules, parameter bytes
-  sharding         device meshes, logical-axis rules, parameter / batch / activation shardings, multi-host input
-  checkpoint/      load / save / convert; hf (sentence-transformers directory, the key table), native (orbax),
-                   hub (local directory, URL or Hub id)
-  files            atomic files and directories; output paths checked against inputs before work starts
-  corpus           text / JSONL input, resumable sharded encoding to .npy (any precision), top-k search
-  retrieval        exact top-k on the device over the mesh, BEIR directories, trec_eval metrics, evaluation
-  mining           hard-negative mining with sentence-transformers' semantics, resumable
-  mteb             MtebEncoder and the `mteb` command: MTEB tasks with the official entry's prompts
-  serve            the `serve` command: an OpenAI- and text-embeddings-inference-compatible HTTP server (FastAPI)
-  batcher          the server's dynamic batching: requests' texts packed by a token budget into the encoder's buckets
-  benchmark_serve  the `benchmark-serve` command: load on any OpenAI-compatible embedding server
-  compile_options  XLA compiler options per platform and dtype (and a CPU timing check)
-  flops            analytic forward FLOPs (AOT ratio, benchmark MFU)
-  aot              compile encode / train steps for TPU topologies without a TPU: memory and FLOPs per chip
-  benchmark        this encoder vs sentence-transformers, both in one run
-  verify           the `verify` command: this machine's vectors vs golden ones (shipped) or a live sentence-transformers
-  parity           the fixed texts of the parity checks
-  cli              the `embeddinggemma` command
-  train/           fine-tuning: config, sources, data, losses, step (GradCache), loop, checkpointing, outputs,
-                   benchmark, code_search_data (a retrieval set built from Python sources)
-  data/            the bundled demo corpus (and demo-beir/, the same documents as a BEIR directory)
-  configs          the bundled training configs (the repository's configs/)
+The public API is what this module exports; the subpackages, from the bottom up:
+model (config, NNX modules, attention, tokenizer, quantized weights) -> checkpoint (load / save / convert)
+-> encode (`EmbeddingGemma`, prompts, batching, output precision) -> corpus, eval, serve, train -> bench, cli.
 """
 
-from embeddinggemma.config import CheckpointError, ModelConfig
-from embeddinggemma.encoder import EmbeddingGemma
-from embeddinggemma.model import EmbeddingGemmaModule
+import importlib.metadata as _metadata
 
-__all__ = ["CheckpointError", "EmbeddingGemma", "EmbeddingGemmaModule", "ModelConfig"]
-__version__ = "0.1.0"
+from embeddinggemma.encode.encoder import EmbeddingGemma
+from embeddinggemma.encode.precision import quantize_embeddings
+from embeddinggemma.errors import CheckpointError, DataError, EmbeddingGemmaError, InputError, OutputError
+from embeddinggemma.model.config import ModelConfig
+from embeddinggemma.train.config import TrainConfig
+from embeddinggemma.train.loop import train
+
+try:
+    __version__ = _metadata.version("embeddinggemma-jax")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "CheckpointError",
+    "DataError",
+    "EmbeddingGemma",
+    "EmbeddingGemmaError",
+    "InputError",
+    "ModelConfig",
+    "OutputError",
+    "TrainConfig",
+    "quantize_embeddings",
+    "train",
+]

@@ -15,9 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-
-class OutputError(ValueError):
-    """An output path would overwrite an input or another output, exists already, or cannot be written."""
+from embeddinggemma.errors import OutputError
 
 
 def cache_dir(kind: str, env: str) -> Path:

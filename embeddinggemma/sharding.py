@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
@@ -256,6 +257,24 @@ def process_max(name: str, value: int, *, forget: str | None = None, timeout_s: 
         int(client.blocking_key_value_get(f"embeddinggemma/{name}/{p}", timeout_s * 1000))
         for p in range(jax.process_count())
     )
+
+
+def shared_token() -> str:
+    """A random hex token that every process agrees on (process 0's): a name unique to one run of a job."""
+    token = np.frombuffer(secrets.token_bytes(8), np.uint32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        token = np.asarray(multihost_utils.broadcast_one_to_all(token), np.uint32)
+    return token.tobytes().hex()
+
+
+def sync_processes(name: str) -> None:
+    """Wait for every process at the barrier `name` (a no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def maybe_initialize_distributed() -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from embeddinggemma import EmbeddingGemma, retrieval, vectors
-from embeddinggemma.train.data import Prompts
+from embeddinggemma import EmbeddingGemma
+from embeddinggemma.encode import vectors
+from embeddinggemma.encode.prompts import Prompts
+from embeddinggemma.eval import retrieval
 
 
 def reference(model_dir: str, data: retrieval.RetrievalSet, dims: list[int], prompts: Prompts) -> dict:

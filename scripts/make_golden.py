@@ -8,7 +8,7 @@ library versions. Needs torch and sentence-transformers; run once per reference 
 import argparse
 from pathlib import Path
 
-from embeddinggemma import verify
+from embeddinggemma.eval import verify
 
 
 def main() -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.tiny_checkpoint import build_tiny_checkpoint
+from tests.helpers.tiny_checkpoint import build_tiny_checkpoint
 
 # gcsfs's default filesystem first asks the Storage Control gRPC API for the bucket's layout; the GCS
-# emulator of tests/test_gcs.py has none, and each lookup would wait out a 60 s timeout. Set before gcsfs
+# emulator of tests/train/test_gcs.py has none, and each lookup would wait out a 60 s timeout. Set before gcsfs
 # is imported (it reads this at import).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -37,9 +38,9 @@ def no_in_process_compilation_cache(monkeypatch: pytest.MonkeyPatch):
     command in a subprocess still use the cache (test_cli checks that a second run loads from it)."""
     import jax
 
-    from embeddinggemma import cli
+    from embeddinggemma.encode import compilation
 
-    monkeypatch.setattr(cli, "enable_compilation_cache", lambda directory: None)
+    monkeypatch.setattr(compilation, "enable_compilation_cache", lambda directory: None)
     yield
     assert not jax.config.jax_compilation_cache_dir, "a test turned JAX's persistent compilation cache on in-process"
 
@@ -73,8 +74,40 @@ def reference_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def reference_model(reference_dir: Path):
-    """The real checkpoint in float32, loaded once for test_reference and test_weight_quantization (a load
-    takes about 10 s on a 2-core CPU)."""
+    """The real checkpoint in float32, loaded once for the tests that need it (model/test_reference.py,
+    model/test_quantized.py)."""
     from embeddinggemma import EmbeddingGemma
 
     return EmbeddingGemma.from_pretrained(reference_dir)
+
+
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A persistent compilation cache for this module's in-process CLI runs (each main() builds a new
+    model, whose programs would compile again), detached afterwards so no other test writes to it."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    compilation_cache.reset_cache()
+    yield tmp_path_factory.mktemp("jax-cache")
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.fixture
+def cli_in_process(tiny_dir: Path, module_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() as the console script runs it: the tiny model by default, the module's compilation cache
+    (the parser reads both from the environment when it is built, on each call)."""
+    monkeypatch.setenv("EMBEDDINGGEMMA_CHECKPOINT", str(tiny_dir))
+    monkeypatch.setenv("EMBEDDINGGEMMA_COMPILATION_CACHE", str(module_cache))
+    monkeypatch.delenv("EMBEDDINGGEMMA_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def native_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from embeddinggemma.checkpoint import convert
+
+    out = tmp_path_factory.mktemp("native") / "tiny-native"
+    convert(tiny_dir, out)
+    return out

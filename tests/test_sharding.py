@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from embeddinggemma import EmbeddingGemma, EmbeddingGemmaModule, sharding
-from embeddinggemma.config import ModelConfig
-from embeddinggemma.parity import SHORT, long_text
+from embeddinggemma import EmbeddingGemma, sharding
+from embeddinggemma.eval.texts import SHORT, long_text
+from embeddinggemma.model.config import ModelConfig
+from embeddinggemma.model.modeling import EmbeddingGemmaModule
 
 needs8 = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)"

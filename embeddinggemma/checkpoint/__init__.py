@@ -20,9 +20,10 @@ from flax import nnx
 from embeddinggemma import sharding
 from embeddinggemma.checkpoint import hf, native
 from embeddinggemma.checkpoint.hub import DEFAULT_MODEL, locate
-from embeddinggemma.config import CheckpointError, DTypeName, ModelConfig, check_dtype
+from embeddinggemma.errors import CheckpointError
 from embeddinggemma.files import check_new_dir
-from embeddinggemma.model import EmbeddingGemmaModule
+from embeddinggemma.model.config import DTypeName, ModelConfig, check_dtype
+from embeddinggemma.model.modeling import EmbeddingGemmaModule
 
 Format = Literal["sentence-transformers", "native"]
 

@@ -30,11 +30,12 @@ from jax.typing import DTypeLike
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from embeddinggemma.config import CheckpointError, ModelConfig
+from embeddinggemma.errors import CheckpointError
 from embeddinggemma.files import atomic_dir
-from embeddinggemma.model import EmbeddingGemmaModule
+from embeddinggemma.model.config import ModelConfig
+from embeddinggemma.model.modeling import EmbeddingGemmaModule
+from embeddinggemma.model.tokenizer import Tokenizer
 from embeddinggemma.sharding import from_host
-from embeddinggemma.tokenizer import Tokenizer
 
 FORMAT = "sentence-transformers"
 # Files of an ST directory we carry along verbatim (the tensors are written from the parameters).

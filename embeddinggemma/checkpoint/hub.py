@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from embeddinggemma.config import CheckpointError
+from embeddinggemma.errors import CheckpointError
 from embeddinggemma.files import atomic_dir, cache_dir
 
 DEFAULT_MODEL = "google/embeddinggemma-300m"

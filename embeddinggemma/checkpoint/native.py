@@ -7,7 +7,6 @@ sentence-transformers metadata and tokenizer files, so the model exports back wi
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import json
 import logging
@@ -15,7 +14,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,10 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from embeddinggemma.checkpoint import hf
-from embeddinggemma.config import CheckpointError, ModelConfig, reading
+from embeddinggemma.errors import CheckpointError
 from embeddinggemma.files import atomic_dir
-from embeddinggemma.model import EmbeddingGemmaModule
+from embeddinggemma.model.config import ModelConfig, reading
+from embeddinggemma.model.modeling import EmbeddingGemmaModule
 
 FORMAT = "native"
 MARKER = "embeddinggemma.json"
@@ -58,6 +58,9 @@ def first_line(e: BaseException) -> str:
     return str(e).splitlines()[0].split(" [tensorstore_spec=")[0] if str(e) else type(e).__name__
 
 
+ORBAX_LOGGERS = ("absl", "asyncio")  # where orbax and TensorStore's event loops report
+
+
 class _Muted(logging.Filter):
     """Drops every record (and unraisable exception) it is given, counting them."""
 
@@ -77,16 +80,16 @@ class _Muted(logging.Filter):
 def quiet_orbax(path: str | os.PathLike, settle_s: float = 0.2, max_wait_s: float = 2.0) -> Iterator[None]:
     """Orbax reports a failed read or write of `path` (a corrupt file, a full disk) from its worker threads
     too: absl ERROR logs with tracebacks, then, as TensorStore finishes the operation's other reads or writes,
-    asyncio's "exception was never retrieved", "Event loop is closed" and never-awaited coroutines, some only
-    when the process exits. The exception the caller raises says it once; the rest would turn a one-line CLI
-    error into pages of tracebacks. So they are muted: while the operation runs; after a failure, until the
-    stragglers have been quiet for `settle_s` (at most `max_wait_s`); and from then on, those that name
-    `path`, a closed event loop or a never-awaited coroutine. EMBEDDINGGEMMA_DEBUG=1 keeps them all."""
+    asyncio's "exception was never retrieved", "Event loop is closed" and never-awaited coroutines. The
+    exception the caller raises says it once; the rest would bury it in pages of tracebacks. So they are
+    muted while the operation runs and, after a failure, until the stragglers have been quiet for `settle_s`
+    (at most `max_wait_s`); then everything is as it was. (Stragglers that come at process exit are the
+    command line's to mute.) EMBEDDINGGEMMA_DEBUG=1 keeps them all."""
     if os.environ.get("EMBEDDINGGEMMA_DEBUG"):
         yield
         return
-    muted, hook, failed = _Muted(), sys.unraisablehook, False
-    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    muted, hook = _Muted(), sys.unraisablehook
+    loggers = [logging.getLogger(name) for name in ORBAX_LOGGERS]
     for logger in loggers:
         logger.addFilter(muted)
     sys.unraisablehook = muted.unraisable
@@ -96,7 +99,6 @@ def quiet_orbax(path: str | os.PathLike, settle_s: float = 0.2, max_wait_s: floa
             try:
                 yield
             except BaseException:
-                failed = True
                 deadline, seen, quiet_since = time.monotonic() + max_wait_s, -1, time.monotonic()
                 while time.monotonic() < deadline and time.monotonic() - quiet_since < settle_s:
                     gc.collect()  # a leftover future or coroutine reports when collected
@@ -108,23 +110,6 @@ def quiet_orbax(path: str | os.PathLike, settle_s: float = 0.2, max_wait_s: floa
         sys.unraisablehook = hook
         for logger in loggers:
             logger.removeFilter(muted)
-        if failed:
-            text = str(path)
-            for logger in loggers:
-                logger.addFilter(lambda record: text not in record.getMessage())
-            sys.unraisablehook = functools.partial(_unless_aftermath, sys.unraisablehook, text)
-            warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
-
-
-def _unless_aftermath(hook: Callable[[Any], None], text: str, unraisable: Any) -> None:
-    """An unraisable exception goes to `hook`, unless it is a straggler of a failed orbax operation on
-    `text` (a path), or a TensorStore callback into an event loop orbax has closed."""
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-        return
-    if text in str(error) or text in repr(unraisable.object):
-        return
-    hook(unraisable)
 
 
 def metadata_dir(root: Path) -> Path:

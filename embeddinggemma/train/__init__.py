@@ -1,12 +1,8 @@
-"""Contrastive Matryoshka fine-tuning: `train(TrainConfig.from_file("configs/train_tiny.json"))`.
+"""Fine-tuning: `train(TrainConfig.from_file("train_tiny"))`.
 
-Modules: config (TrainConfig, JSON), data (JSONL -> padded batches, resumable), losses (InfoNCE,
-Matryoshka, spread-out), step (jitted sharded step, GradCache, `build_train_step` for AOT), evaluate
-(IR metrics), checkpointing (orbax), loop (`train`).
+config (TrainConfig, JSON), sources (JSONL, Parquet, datasets, the Hub, gs:// rows), data (rows -> padded
+batches, resumable), losses (InfoNCE, Matryoshka, spread-out), step (the jitted sharded step, GradCache,
+the steps a caller reuses), loop (`train`), metrics (metrics.jsonl, TensorBoard, device idle time),
+preemption (SIGTERM), checkpointing (orbax), outputs (a local or gs:// output_dir), code_search_data (a
+retrieval set built from Python sources).
 """
-
-from embeddinggemma.train.config import TrainConfig
-from embeddinggemma.train.loop import train
-from embeddinggemma.train.step import abstract_batch, build_train_step
-
-__all__ = ["TrainConfig", "abstract_batch", "build_train_step", "train"]

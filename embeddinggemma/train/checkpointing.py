@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from embeddinggemma.checkpoint.native import first_line, quiet_orbax
-from embeddinggemma.config import CheckpointError
+from embeddinggemma.errors import CheckpointError
 
 
 class RunCheckpoints:

@@ -1,7 +1,7 @@
 """Build a docstring -> code retrieval set (train and eval JSONL) from Python source files.
 
-    python -m embeddinggemma.train.code_search_data runs/code-search           # this Python's stdlib
-    python -m embeddinggemma.train.code_search_data OUT --source path/to/package  # any tree of .py files
+    python scripts/make_code_search_data.py runs/code-search-data            # this Python's stdlib
+    python scripts/make_code_search_data.py OUT --source path/to/package     # any tree of .py files
 
 Real text that needs no download: each function or method with a docstring gives one example. The
 query is the docstring's first sentence, the positive is the function's source with the docstring
@@ -12,7 +12,6 @@ eval queries come from modules never seen in training. Output is deterministic f
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
@@ -23,7 +22,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-from embeddinggemma.retrieval import RetrievalSet
+from embeddinggemma.errors import InputError
+from embeddinggemma.eval.retrieval import RetrievalSet
+from embeddinggemma.files import write_atomic
 from embeddinggemma.train.sources import examples, open_rows
 
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
@@ -112,27 +113,26 @@ def build(
     return train, evals[:max_eval]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--source", type=Path, default=Path(sysconfig.get_paths()["stdlib"]), help="default: stdlib")
-    p.add_argument("--eval-fraction", type=float, default=0.15, help="share of modules held out for eval")
-    p.add_argument("--max-eval", type=int, default=300, help="eval queries kept")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if not args.source.is_dir():
-        p.error(f"--source {args.source} is not a directory")
-    train, evals = build(args.source, eval_fraction=args.eval_fraction, max_eval=args.max_eval, seed=args.seed)
+def write(
+    out_dir: str | Path,
+    source: str | Path | None = None,
+    *,
+    eval_fraction: float = 0.15,
+    max_eval: int = 300,
+    seed: int = 0,
+) -> tuple[int, int]:
+    """train.jsonl, eval.jsonl and eval-beir/ (the eval set as a BEIR directory) in `out_dir`, from the .py files
+    under `source` (default: this Python's standard library); (train, eval) example counts."""
+    source = Path(source) if source is not None else Path(sysconfig.get_paths()["stdlib"])
+    if not source.is_dir():
+        raise InputError(f"{source}: not a directory of Python sources")
+    train, evals = build(source, eval_fraction=eval_fraction, max_eval=max_eval, seed=seed)
     if not train or not evals:
-        p.error(f"{args.source}: too few documented functions ({len(train)} train, {len(evals)} eval examples)")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+        raise InputError(f"{source}: too few documented functions ({len(train)} train, {len(evals)} eval examples)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("eval", evals)):
-        with open(args.out_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    RetrievalSet.from_examples(examples(open_rows(args.out_dir / "eval.jsonl"))).write_beir(args.out_dir / "eval-beir")
-    print(f"{args.out_dir}: {len(train)} train and {len(evals)} eval examples (also eval-beir/) from {args.source}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+        write_atomic(out_dir / f"{name}.jsonl", lambda f, lines=lines: f.writelines(line.encode() for line in lines))
+    RetrievalSet.from_examples(examples(open_rows(out_dir / "eval.jsonl"))).write_beir(out_dir / "eval-beir")
+    return len(train), len(evals)

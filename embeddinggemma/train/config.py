@@ -17,10 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from embeddinggemma.attention import AttentionImpl
-from embeddinggemma.config import DTypeName, ModelConfig
+from embeddinggemma.encode.prompts import TITLE_PROMPT
+from embeddinggemma.model.attention import AttentionImpl
+from embeddinggemma.model.config import DTypeName, ModelConfig
+from embeddinggemma.model.quantized import Mode as QuantizationMode
 from embeddinggemma.train.sources import Columns
-from embeddinggemma.weight_quantization import Mode as QuantizationMode
 
 Schedule = Literal["linear", "cosine"]
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
@@ -38,7 +39,7 @@ class TrainConfig:
     # Data. Prompts default to the model's "query" / "document" prompts; a title replaces the latter.
     query_prompt: str | None = None
     document_prompt: str | None = None
-    title_prompt: str = "title: {title} | text: "
+    title_prompt: str = TITLE_PROMPT
     num_negatives: int = 0  # hard negatives per example (the first k; missing ones are masked out)
     max_query_length: int | None = None  # tokens incl. <bos>/<eos>; None: the model's max_seq_length
     max_doc_length: int | None = None
@@ -50,7 +51,7 @@ class TrainConfig:
     # Loss (losses.py). scale = 1 / temperature.
     scale: float = 20.0
     symmetric: bool = False
-    matryoshka_dims: tuple[int, ...] = (768, 512, 256, 128)
+    matryoshka_dims: tuple[int, ...] | None = None  # None: the model's widths (768, 512, 256, 128 for the 300m)
     matryoshka_weights: tuple[float, ...] | None = None  # None: all 1
     hardness_alpha: float = 0.0  # EmbeddingGemma paper: 5
     mask_false_negatives: bool = True
@@ -114,13 +115,10 @@ class TrainConfig:
         for key in ("adam_b1", "adam_b2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
-        if (
-            not self.matryoshka_dims
-            or min(self.matryoshka_dims) < 1
-            or len(set(self.matryoshka_dims)) != len(self.matryoshka_dims)
-        ):
-            raise ValueError(f"matryoshka_dims must be distinct positive widths, got {list(self.matryoshka_dims)}")
-        if self.matryoshka_weights is not None and len(self.matryoshka_weights) != len(self.matryoshka_dims):
+        dims = self.matryoshka_dims
+        if dims is not None and (not dims or min(dims) < 1 or len(set(dims)) != len(dims)):
+            raise ValueError(f"matryoshka_dims must be distinct positive widths, got {list(dims)}")
+        if dims is not None and self.matryoshka_weights is not None and len(self.matryoshka_weights) != len(dims):
             raise ValueError("matryoshka_weights must have one weight per matryoshka_dims entry")
         if self.columns is not None:
             Columns.from_config(self.columns)
@@ -129,17 +127,20 @@ class TrainConfig:
         ):
             raise ValueError(f"profile_steps must be [first, last] with 1 <= first <= last, got {self.profile_steps}")
 
-    def check_model(self, model: ModelConfig) -> None:
-        """Relations to the model being trained (read from its config before the weights load)."""
-        if max(self.matryoshka_dims) > model.embedding_dim:
-            raise ValueError(
-                f"matryoshka_dims {list(self.matryoshka_dims)}: the model's embeddings are {model.embedding_dim} wide"
-            )
+    def for_model(self, model: ModelConfig) -> TrainConfig:
+        """This config checked against the model being trained (read from its config before the weights load),
+        with the model's Matryoshka widths where `matryoshka_dims` is null."""
+        dims = self.matryoshka_dims or model.matryoshka_dims
+        if max(dims) > model.embedding_dim:
+            raise ValueError(f"matryoshka_dims {list(dims)}: the model's embeddings are {model.embedding_dim} wide")
+        if self.matryoshka_weights is not None and len(self.matryoshka_weights) != len(dims):
+            raise ValueError("matryoshka_weights must have one weight per matryoshka_dims entry")
         for key in ("max_query_length", "max_doc_length"):
             if (getattr(self, key) or 0) > model.max_position_embeddings:
                 raise ValueError(
                     f"{key} {getattr(self, key)} exceeds the model's {model.max_position_embeddings} positions"
                 )
+        return dataclasses.replace(self, matryoshka_dims=dims)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -1,8 +1,8 @@
 """Training batches: rows (train/sources.py) -> prompted, tokenized, padded arrays, resumably.
 
-Queries get the query prompt, documents the document prompt, or "title: {title} | text: " when a title
-is given, as sentence-transformers' encode_query / encode_document do. `Batches` orders the rows (see its
-docstring) and collates each process's share of a global batch on grain's reader threads, ahead of the
+Queries get the query prompt, documents the document prompt, or the title prompt when a title is given
+(`encode.prompts.Prompts`), as sentence-transformers' encode_query / encode_document do. `Batches` orders
+the rows (see its docstring) and collates each process's share of a global batch on grain's reader threads, ahead of the
 step that consumes it. Sequences are padded to length buckets (the longest in the global batch, agreed
 between processes), coarser than the encoder's (`batching.TRAIN_BUCKETS_PER_OCTAVE`: 32, 48, 64, 96,
 128, ...) because a run compiles one train step per (query bucket, document bucket) pair.
@@ -11,7 +11,6 @@ between processes), coarser than the encoder's (`batching.TRAIN_BUCKETS_PER_OCTA
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 import zlib
@@ -22,40 +21,19 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
-from embeddinggemma import batching, sharding
-from embeddinggemma.config import ModelConfig
-from embeddinggemma.tokenizer import Tokenizer
+from embeddinggemma import sharding
+from embeddinggemma.encode import batching
+from embeddinggemma.encode.prompts import Prompts
+from embeddinggemma.errors import DataError
+from embeddinggemma.model.config import ModelConfig
+from embeddinggemma.model.tokenizer import Tokenizer
 from embeddinggemma.train.losses import MISSING
-from embeddinggemma.train.sources import DataError, Example, Rows
+from embeddinggemma.train.sources import Example, Rows
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-_COLLATORS = itertools.count()
 KEEP_EXCHANGES = 1024  # batches whose length exchange stays in the coordination service's store
 ORDER = "grain-index-shuffle-v1"  # how rows are ordered; a checkpoint from another ordering cannot resume
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompts:
-    query: str
-    document: str
-    title: str  # format string with {title}
-
-    @classmethod
-    def for_model(cls, model_cfg: ModelConfig, query: str | None, document: str | None, title: str) -> Prompts:
-        """Explicit prompts, else the model's "query" / "document" prompts (config_sentence_transformers.json)."""
-        prompts = model_cfg.prompt_dict
-        return cls(
-            query if query is not None else prompts.get("query", ""),
-            document if document is not None else prompts.get("document", ""),
-            title,
-        )
-
-    def format_query(self, text: str) -> str:
-        return self.query + text
-
-    def format_document(self, text: str, title: str | None = None) -> str:
-        return (self.title.format(title=title) if title is not None else self.document) + text
 
 
 def text_key(text: str) -> int:
@@ -64,7 +42,10 @@ def text_key(text: str) -> int:
 
 
 class Collator:
-    """Examples -> this process's part of a padded batch (see step.py for the arrays)."""
+    """Examples -> this process's part of a padded batch (see step.py for the arrays).
+
+    `exchange` names the run's exchanges of padded lengths between processes (`sharding.process_max`): the
+    same on every process and unique to the run, so two runs in one job never read each other's."""
 
     def __init__(
         self,
@@ -76,6 +57,7 @@ class Collator:
         max_query_length: int | None = None,
         max_doc_length: int | None = None,
         mask_false_negatives: bool = True,
+        exchange: str = "run",
     ):
         self.q_len = max_query_length or model_cfg.max_seq_length
         self.d_len = max_doc_length or model_cfg.max_seq_length
@@ -90,7 +72,7 @@ class Collator:
         self.mask_false_negatives = mask_false_negatives
         self.truncated = {"queries": 0, "documents": 0}  # texts cut to max_*_length on this host so far
         self._lock = threading.Lock()  # collation runs on grain's reader threads
-        self.instance = next(_COLLATORS)  # every process makes its collators in the same order
+        self.exchange = exchange  # names this run's length exchanges between processes: the same on every one
 
     def documents(self, ex: Example) -> list[str]:
         """Positive then exactly k negatives; a missing negative repeats the positive (masked by key)."""
@@ -143,7 +125,7 @@ class Collator:
 
     def _length(self, ids: list[list[int]], max_len: int, step: int, kind: str) -> int:
         """The padded length of this global batch: the bucket of its longest sequence on any process."""
-        name = lambda s: f"collator{self.instance}/batch{s}/{kind}"  # noqa: E731 (the same on every process)
+        name = lambda s: f"{self.exchange}/batch{s}/{kind}"  # noqa: E731
         forget = name(step - KEEP_EXCHANGES) if step >= KEEP_EXCHANGES else None  # far behind any prefetch
         longest = sharding.process_max(name(step), max(map(len, ids)), forget=forget)
         return batching.bucket_length(longest, max_len, batching.TRAIN_BUCKETS_PER_OCTAVE)

@@ -17,17 +17,11 @@ finishes the current step, saves a checkpoint and returns "preempted".
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
-import queue
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import jax
@@ -35,17 +29,22 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from embeddinggemma import checkpoint, retrieval, sharding, weight_quantization
+from embeddinggemma import checkpoint, sharding
 from embeddinggemma.checkpoint import hf
-from embeddinggemma.encoder import EmbeddingGemma
-from embeddinggemma.files import OutputError
-from embeddinggemma.tokenizer import Tokenizer
+from embeddinggemma.encode.encoder import EmbeddingGemma
+from embeddinggemma.encode.prompts import Prompts
+from embeddinggemma.errors import OutputError
+from embeddinggemma.eval import retrieval
+from embeddinggemma.model import quantized
+from embeddinggemma.model.tokenizer import Tokenizer
 from embeddinggemma.train.checkpointing import RunCheckpoints
 from embeddinggemma.train.config import TrainConfig
-from embeddinggemma.train.data import Batches, Collator, Prompts
+from embeddinggemma.train.data import Batches, Collator
+from embeddinggemma.train.metrics import DeviceIdle, MetricsLog
 from embeddinggemma.train.outputs import OutputDir
+from embeddinggemma.train.preemption import preemption
 from embeddinggemma.train.sources import Columns, examples, open_rows
-from embeddinggemma.train.step import TrainStep, build_train_step, split_module, training_module
+from embeddinggemma.train.step import TrainStep, TrainSteps, split_module, training_module
 
 logger = logging.getLogger(__name__)
 
@@ -60,115 +59,6 @@ def _evalset(spec: str, columns: Columns | None) -> retrieval.RetrievalSet:
     if beir is not None:
         return retrieval.RetrievalSet.from_beir(*beir)
     return retrieval.RetrievalSet.from_examples(examples(open_rows(spec, columns)))
-
-
-class MetricsLog:
-    """metrics.jsonl (appended, so a resumed run continues the file) plus TensorBoard when available;
-    both uploaded after each write when output_dir is a URL."""
-
-    def __init__(self, out: OutputDir, tensorboard: bool):
-        self.enabled = jax.process_index() == 0
-        self.out = out
-        self.path = out.local / "metrics.jsonl"
-        self.writer = None
-        if self.enabled:
-            out.fetch("metrics.jsonl")  # a resumed run continues an uploaded file
-        if self.enabled and tensorboard and importlib.util.find_spec("tensorboard") is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out.local / "tensorboard"))
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
-            self.writer.flush()
-            self.out.publish("tensorboard")
-        self.out.publish("metrics.jsonl")
-
-
-@contextlib.contextmanager
-def _preemption() -> Iterator[Callable[[int], bool]]:
-    """`preempted(step)`: whether to save and stop after `step`, the same step on every process.
-
-    One process: once SIGTERM has arrived. Several: JAX's preemption sync point. Its service (started by
-    jax.distributed.initialize) catches the SIGTERM any host gets, and every host answers True at the same
-    step; a host stopping at its own step would leave the others waiting in the checkpoint's collectives.
-    """
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        yield multihost_utils.reached_preemption_sync_point
-        return
-    flag = {"set": False}
-
-    def handler(signum: int, frame: Any) -> None:
-        logger.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
-        flag["set"] = True
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield lambda step: flag["set"]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class DeviceIdle:
-    """How long the device waits for the host between steps (input pipeline, dispatch, host syncs).
-
-    A watcher thread notes when each step's loss is ready, i.e. the step is done; the device then idles
-    until the next step is dispatched. Logged per step as `device_idle_s`, the mean over the log interval
-    (steps that compile count their compilation: the device waits for it too)."""
-
-    def __init__(self) -> None:
-        self._pending: queue.Queue = queue.Queue()
-        self._done: dict[int, float] = {}
-        self._dispatched: dict[int, float] = {}
-        self._watcher: threading.Thread | None = None
-
-    def __enter__(self) -> DeviceIdle:
-        self._watcher = threading.Thread(target=self._watch, name="device-idle", daemon=True)
-        self._watcher.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pending.put(None)  # the watcher ends (a run in a notebook leaves no thread behind)
-        if self._watcher is not None:
-            self._watcher.join()
-
-    def _watch(self) -> None:
-        while (item := self._pending.get()) is not None:
-            step, loss = item
-            jax.block_until_ready(loss)
-            self._done[step] = time.perf_counter()
-            self._pending.task_done()
-
-    def dispatched(self, step: int, loss: jax.Array) -> None:
-        self._dispatched[step] = time.perf_counter()
-        self._pending.put((step, loss))
-
-    def take(self) -> float:
-        """Mean idle seconds before the steps dispatched since the last call; waits for them to finish."""
-        if self._watcher is None or not self._watcher.is_alive():  # join() would wait forever
-            raise RuntimeError("DeviceIdle.take() needs the watcher: use it inside `with DeviceIdle() as idle:`")
-        self._pending.join()
-        idle = [max(0.0, t - self._done[s - 1]) for s, t in self._dispatched.items() if s - 1 in self._done]
-        last = max(self._dispatched, default=None)
-        self._done = {last: self._done[last]} if last is not None else {}
-        self._dispatched = {}
-        return sum(idle) / max(len(idle), 1)
-
-
-def _sync(name: str) -> None:
-    """Wait for every process (a no-op with one)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def check_output_dir(cfg: TrainConfig, out: OutputDir, *, resume: bool, overwrite: bool) -> list[str]:
@@ -223,9 +113,9 @@ class Run:
         self.step = int(self.state["step"])  # 0, or the restored step
 
     @classmethod
-    def setup(cls, cfg: TrainConfig, out: OutputDir, *, resume: bool, replace: list[str]) -> Run:
-        """Load the model onto the mesh, read the data, build the step, and restore or initialize the state.
-        `replace`: an earlier run's files in output_dir to delete before this run writes (--overwrite)."""
+    def setup(cls, cfg: TrainConfig, out: OutputDir, steps: TrainSteps, *, resume: bool, replace: list[str]) -> Run:
+        """Load the model onto the mesh, read the data, get the step from `steps`, and restore or initialize the
+        state. `replace`: an earlier run's files in output_dir to delete before this run writes (--overwrite)."""
         mesh = sharding.make_mesh(cfg.mesh)
         ckpt = checkpoint.load(cfg.model, dtype=cfg.param_dtype, mesh=mesh, purpose="train")
         module = training_module(cfg, ckpt.config)
@@ -241,13 +131,14 @@ class Run:
             max_query_length=cfg.max_query_length,
             max_doc_length=cfg.max_doc_length,
             mask_false_negatives=cfg.mask_false_negatives,
+            exchange=f"run-{sharding.shared_token()}",
         )
         columns = Columns.from_config(cfg.columns) if cfg.columns else None
         rows = open_rows(cfg.train_file, columns, skip_malformed=cfg.skip_malformed)
         batches = Batches(rows, collator, cfg.global_batch_size, cfg.seed)
         evalset = _evalset(cfg.eval_file, columns) if cfg.eval_file else None
         total = _total_steps(cfg, batches.steps_per_epoch)
-        ts = build_train_step(cfg, ckpt.config, mesh, total)
+        ts = steps.get(cfg, ckpt.config, mesh, total)
 
         if jax.process_index() == 0:  # the earlier run's export stays until ours is complete (finish)
             for name in (n for n in replace if n != "export"):
@@ -255,7 +146,7 @@ class Run:
             out.local.mkdir(parents=True, exist_ok=True)
             (out.local / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
             out.publish("train_config.json")
-        _sync("output_dir ready")
+        sharding.sync_processes("output_dir ready")
         ckpts = RunCheckpoints(out.checkpoints(), cfg.keep_checkpoints)
         latest = ckpts.latest_step() if resume else None  # a fresh run's directory has none (check_output_dir)
         if latest is not None:
@@ -280,7 +171,7 @@ class Run:
             return {}
         module = nnx.merge(self.ts.graphdef, self.frozen, self.state["params"], copy=True)
         if self.cfg.quantization is not None:  # QAT: the metrics of the quantized model (weight-only numerics)
-            weight_quantization.fake_quantize_in_place(module, self.cfg.quantization)
+            quantized.fake_quantize_in_place(module, self.cfg.quantization)
         self.encoder.params = nnx.state(module)
         dims, prompts = self.cfg.matryoshka_dims, self.collator.prompts
         by_dim = retrieval.evaluate(self.encoder, self.evalset, dims, prompts, batch_size=self.cfg.eval_batch_size)
@@ -321,7 +212,7 @@ class Run:
             self.step, self.total, prefetch=cfg.prefetch, threads=cfg.data_threads, then=self._place
         )
         with (
-            _preemption() as preempted,
+            preemption() as preempted,
             tqdm(
                 total=self.total, initial=self.step, desc="train", unit="step", disable=jax.process_index() != 0
             ) as bar,
@@ -387,20 +278,23 @@ class Run:
         return result
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, steps: TrainSteps | None = None
+) -> dict[str, Any]:
     """Fine-tune `cfg.model` on `cfg.train_file`; returns {"status", "step", "eval_start", "eval_end", "export"}.
 
     `resume`: continue from the newest checkpoint in output_dir/checkpoints (starting fresh if there is
     none). `overwrite`: replace an earlier run in output_dir (its checkpoints, metrics and, once this
-    run's is complete, its export); without it a run never deletes or replaces anything.
+    run's is complete, its export); without it a run never deletes or replaces anything. `steps`: the
+    compiled train steps to reuse (and add to), e.g. one `TrainSteps()` held across runs in a notebook.
     """
     sharding.maybe_initialize_distributed()
     out = OutputDir(cfg.output_dir)
     try:
         replace = check_output_dir(cfg, out, resume=resume, overwrite=overwrite)
-        cfg.check_model(checkpoint.read_config(cfg.model))
-        _sync("output_dir checked")  # before any process writes into it
-        run = Run.setup(cfg, out, resume=resume, replace=replace if not resume else [])
+        cfg = cfg.for_model(checkpoint.read_config(cfg.model))
+        sharding.sync_processes("output_dir checked")  # before any process writes into it
+        run = Run.setup(cfg, out, steps or TrainSteps(), resume=resume, replace=replace if not resume else [])
         try:
             result = {"eval_start": run.evaluate()} if run.step == 0 else {}
             status = run.loop()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from embeddinggemma.model import l2_normalize, truncate
+from embeddinggemma.model.modeling import l2_normalize, truncate
 
 MISSING = -1  # text key of an absent hard negative (example with fewer than k): never a candidate
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from embeddinggemma.files import OutputError
+from embeddinggemma.errors import OutputError
 
 COMMIT_MARKER = "commit_success.txt"  # orbax's name for "this directory is complete" on object stores
 

@@ -35,17 +35,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from embeddinggemma import files
-from embeddinggemma.tokenizer import text_error
+from embeddinggemma.errors import DataError
+from embeddinggemma.model.tokenizer import text_error
 
 logger = logging.getLogger(__name__)
 
 OUR_SCHEMA = ("query", "positive", "negatives", "title")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-
-class DataError(ValueError):
-    """A training or evaluation input cannot be read; the message names the file and row."""
 
 
 @dataclasses.dataclass(frozen=True)

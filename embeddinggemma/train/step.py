@@ -26,10 +26,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from embeddinggemma import sharding, weight_quantization
-from embeddinggemma.compile_options import compiler_options
-from embeddinggemma.config import ModelConfig, check_dtype
-from embeddinggemma.model import EmbeddingGemmaModule
+from embeddinggemma import sharding
+from embeddinggemma.encode.compilation import compiler_options
+from embeddinggemma.model import quantized
+from embeddinggemma.model.config import ModelConfig, check_dtype
+from embeddinggemma.model.modeling import EmbeddingGemmaModule
 from embeddinggemma.train import losses
 from embeddinggemma.train.config import TrainConfig
 
@@ -43,8 +44,6 @@ NOT_IN_STEP = frozenset(
     | {"skip_malformed", "seed", "prefetch", "data_threads", "steps", "epochs", "save_every", "keep_checkpoints"}
     | {"eval_every", "eval_batch_size", "log_every", "tensorboard", "export", "profile_steps"}
 )
-_BUILT: OrderedDict[tuple, TrainStep] = OrderedDict()  # the last few steps built, with their compiled programs
-_KEEP_BUILT = 4
 
 
 def split_module(module: EmbeddingGemmaModule, freeze_embeddings: bool) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -70,7 +69,7 @@ def embed_fn(graphdef: nnx.GraphDef, frozen: nnx.State, quantization: str | None
         if quantization is None:
             return nnx.merge(graphdef, frozen, params)(ids, valid)
         module = nnx.merge(graphdef, frozen, params, copy=True)  # merge shares Variables: keep `params` as it is
-        return weight_quantization.fake_quantize_in_place(module, quantization)(ids, valid)
+        return quantized.fake_quantize_in_place(module, quantization)(ids, valid)
 
     return embed
 
@@ -205,7 +204,7 @@ class TrainStep:
     `state` is {"step", "params", "opt_state"} and is donated. `abstract_state` / `abstract_frozen` carry
     shapes, dtypes and shardings: `fn.lower(abstract_state, abstract_frozen, abstract_batch(...))` under
     `jax.sharding.use_abstract_mesh(mesh.abstract_mesh)` compiles it for compile-only TPU devices
-    (embeddinggemma.aot)."""
+    (embeddinggemma.bench.aot)."""
 
     fn: Any
     mesh: jax.sharding.Mesh
@@ -229,24 +228,33 @@ class TrainStep:
         return init(params)
 
 
+class TrainSteps:
+    """The train steps a caller has built, each with the programs it compiled for each batch shape.
+
+    `get` returns the step for a config, building it only the first time: runs whose step is the same (a
+    resumed run in the same process, a notebook's second run, the same run on other data or into another
+    output_dir) reuse the compiled programs, which take most of a short run's time. Configs that differ only
+    in fields of NOT_IN_STEP share a step. The last `keep` steps are kept. Hold one across `train()` calls."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._built: OrderedDict[tuple, TrainStep] = OrderedDict()
+
+    def get(self, cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, total_steps: int) -> TrainStep:
+        cfg = cfg.for_model(model_cfg)
+        step_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_STEP}
+        key = (json.dumps(step_fields, sort_keys=True, default=str), model_cfg, mesh, total_steps)
+        if key not in self._built:
+            self._built[key] = build_train_step(cfg, model_cfg, mesh, total_steps)
+            while len(self._built) > self.keep:
+                self._built.popitem(last=False)
+        self._built.move_to_end(key)
+        return self._built[key]
+
+
 def build_train_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, total_steps: int) -> TrainStep:
-    """The sharded train step for `mesh` (parameters by sharding.py's "train" rules, batch on data+fsdp).
-
-    The last few are kept: a run whose step is the same (a resumed run in the same process, a notebook's
-    second run, the same run on other data) reuses the programs compiled for each batch shape. Compiling
-    them takes most of a short run's time (about 20 s per (query, document) length pair for even a tiny
-    model on a CPU)."""
-    step_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_STEP}
-    key = (json.dumps(step_fields, sort_keys=True, default=str), model_cfg, mesh, total_steps)
-    if key not in _BUILT:
-        _BUILT[key] = _build_train_step(cfg, model_cfg, mesh, total_steps)
-        while len(_BUILT) > _KEEP_BUILT:
-            _BUILT.popitem(last=False)
-    _BUILT.move_to_end(key)
-    return _BUILT[key]
-
-
-def _build_train_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, total_steps: int) -> TrainStep:
+    """The sharded train step for `mesh` (parameters by sharding.py's "train" rules, batch on data+fsdp)."""
+    cfg = cfg.for_model(model_cfg)
     graphdef, frozen, params = split_module(training_module(cfg, model_cfg), cfg.freeze_embeddings)
     tx = optimizer(cfg, total_steps)
     schedule = learning_rate_schedule(cfg, total_steps)

@@ -1,0 +1,282 @@
+"""`embeddinggemma aot`: compile the sharded encode and train steps for a TPU v5e slice, without a TPU,
+and report per chip.
+
+    pip install "embeddinggemma-jax[tpu]"
+    JAX_PLATFORMS=cpu embeddinggemma aot --topology v5e:2x4
+
+`jax.experimental.topologies` gives compile-only v5e devices; the real TPU compiler then reports
+memory (memory_analysis) and FLOPs (cost_analysis) per chip. Compilation fails if a step does not fit
+in HBM (15.75 GiB usable of 16 GiB on v5e). The programs are the ones users run: the encode step of
+`encoder.build_encode_step` and the train step of `train.build_train_step`.
+
+FLOPs: the splash kernel is a Mosaic custom call that XLA counts as 0 FLOPs, so its work is added
+from the kernel's own block-sparsity (every 128 x 128 tile it visits; forward 2 matmuls, backward 7).
+"compiled" = XLA's count + that kernel count. "analytic" = the model's matmul FLOPs with attention
+counted only over the key pairs the mask allows (513 keys per query in sliding layers, fewer at the
+edges); for training 3 x forward, plus 1 x forward when blocks are rematerialized (recompute is part
+of the algorithm, not waste). The ratio therefore shows computed-but-masked attention and padding of
+the kernel's tiles, nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import DTypeLike
+
+from embeddinggemma import sharding
+from embeddinggemma.encode.encoder import build_encode_step
+from embeddinggemma.model import attention, quantized
+from embeddinggemma.model.attention import AttentionImpl
+from embeddinggemma.model.config import FULL, ModelConfig
+from embeddinggemma.model.flops import forward_flops
+from embeddinggemma.model.modeling import EmbeddingGemmaModule
+
+V5E_BF16_FLOPS = 197e12  # per chip
+V5E_HBM_BYTES = 16 * 2**30
+
+
+def tpu_devices(topology: str) -> list:
+    """Compile-only devices of a TPU topology such as "v5e:2x4" (no TPU needed; the `tpu` extra is)."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise RuntimeError("compiling for TPU needs libtpu: pip install 'embeddinggemma-jax[tpu]'")
+    from jax.experimental import topologies
+
+    os.environ["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"  # do not take libtpu's lock file: other jax processes may run
+    try:
+        return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+    except jax.errors.JaxRuntimeError as e:
+        raise ValueError(f"TPU topology {topology!r}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------- FLOP counts
+
+
+def splash_tile_pairs(t: int, radius: int | None) -> int:
+    """(query, key) pairs splash computes: every element of each tile the mask touches."""
+    b = min(attention.SPLASH_BLOCK_GLOBAL if radius is None else attention.SPLASH_BLOCK_SLIDING, t)
+    if radius is None:
+        return t * t
+    starts = np.arange(0, t, b)
+    qi, kj = starts[:, None], starts[None, :]
+    touched = (kj <= qi + b - 1 + radius) & (kj + b - 1 >= qi - radius)
+    return int(touched.sum()) * b * b
+
+
+@dataclasses.dataclass
+class Report:
+    name: str
+    mesh: str
+    shape: str
+    compile_s: float
+    argument: int
+    output: int
+    temp: float
+    total: int
+    xla_flops: float
+    kernel_flops: float
+    analytic_flops: float
+    loops: bool = False  # the step loops over chunks: XLA's cost_analysis counts a loop body once
+
+    def row(self) -> str:
+        """FLOPs, ideal time and ratio from the compiled count; for a looping step (GradCache) that count
+        misses all but one iteration, so the analytic FLOPs are shown (marked "a") and no ratio."""
+        gib = lambda x: f"{x / 2**30:.2f}"  # noqa: E731
+        compiled = self.xla_flops + self.kernel_flops
+        if self.loops:
+            flops, shown, ratio = self.analytic_flops, f"{self.analytic_flops:.3e} a", "n/a"
+        else:
+            flops, shown, ratio = compiled, f"{compiled:.3e}", f"{compiled / self.analytic_flops:.3f}"
+        return (
+            f"| {self.name} | {self.mesh} | {self.shape} | {gib(self.argument)} | {gib(self.output)} | "
+            f"{gib(self.temp)} | {gib(self.total)} | {shown} | {1e3 * flops / V5E_BF16_FLOPS:.1f} | "
+            f"{ratio} | {self.compile_s:.0f} |"
+        )
+
+
+HEADER = (
+    "| step | mesh | global shape | argument GiB | output GiB | temp GiB | total GiB | FLOPs/chip | "
+    "ideal ms @197 TF/s | compiled/analytic | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _report(
+    name: str,
+    mesh: jax.sharding.Mesh,
+    shape: str,
+    compiled,
+    t0: float,
+    kernel: float,
+    analytic: float,
+    loops: bool = False,
+) -> Report:
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+    return Report(
+        name,
+        ",".join(f"{a}={s}" for a, s in mesh.shape.items() if s > 1),
+        shape,
+        time.perf_counter() - t0,
+        mem.argument_size_in_bytes,
+        mem.output_size_in_bytes,
+        mem.temp_size_in_bytes,
+        total,
+        float(cost.get("flops", 0.0)),  # keys with value 0 are omitted
+        kernel,
+        analytic,
+        loops,
+    )
+
+
+def _kernel_flops(cfg: ModelConfig, impl: str, t: int, rows_per_chip: float, passes: float) -> float:
+    """FLOPs inside splash calls (invisible to XLA): tile pairs x 2 flops x head_dim x `passes` matmuls."""
+    if not impl.startswith("splash"):
+        return 0.0
+    tile_pairs = sum(
+        splash_tile_pairs(t, None if kind == FULL else cfg.sliding_window_radius) for kind in cfg.layer_types
+    )
+    return rows_per_chip * passes * 2 * cfg.num_heads * cfg.head_dim * tile_pairs
+
+
+# ----------------------------------------------------------------------------------------- steps
+
+
+def _compile_only(mesh: jax.sharding.Mesh) -> jax.sharding.use_abstract_mesh:
+    """The mesh as an abstract mesh: jax.set_mesh would make compile-time constants (the splash
+    kernel's mask tables) land on the compile-only devices, which cannot hold data."""
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def lower_encode(
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch: int,
+    t: int,
+    impl: AttentionImpl,
+    dtype: DTypeLike,
+    quantization: quantized.Mode | None = None,
+) -> jax.stages.Lowered:
+    """The encode step `EmbeddingGemma.from_pretrained(..., mesh=mesh, quantization=...)` runs on a (batch, t)
+    batch: parameters in `dtype` (quantized weights: integers, scales in `dtype`) on their "inference"
+    shardings, the batch split over the batch axes. Quantized on a TPU mesh: int8 activations, as there."""
+    activations = "int8" if mesh.devices.flat[0].platform == "tpu" else "float"
+    module = EmbeddingGemmaModule.abstract(
+        cfg, dtype=dtype, param_dtype=dtype, attention_impl=impl, quantization=quantization, activations=activations
+    )
+    graphdef, params = nnx.split(module)
+    shardings = sharding.param_shardings(params, mesh, "inference")
+    abstract = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
+    split = sharding.batch_sharding(mesh)
+    ids, valid = (jax.ShapeDtypeStruct((batch, t), d, sharding=split) for d in (jnp.int32, jnp.bool_))
+    with _compile_only(mesh):
+        return build_encode_step(graphdef, mesh, dtype).lower(jax.tree.map(abstract, params, shardings), ids, valid)
+
+
+def compile_encode(
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch: int,
+    t: int,
+    impl: AttentionImpl,
+    quantization: quantized.Mode | None = None,
+) -> Report:
+    """The encode step in bfloat16 (see `lower_encode`), compiled; FLOPs count int8 operations too."""
+    t0 = time.perf_counter()
+    compiled = lower_encode(cfg, mesh, batch, t, impl, jnp.bfloat16, quantization).compile()
+    chips = mesh.devices.size
+    dense, attn = forward_flops(cfg, t)
+    kernel = _kernel_flops(cfg, impl, t, batch / chips, passes=2)
+    name = f"encode, {quantization}" if quantization else "encode"
+    return _report(name, mesh, f"{batch} x {t}", compiled, t0, kernel, batch * (dense + attn) / chips)
+
+
+def compile_train(
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch: int,
+    t: int,
+    impl: AttentionImpl,
+    remat: bool,
+    grad_cache: int | None,
+) -> Report:
+    """The real train step (embeddinggemma.train): (query, document) pairs of t tokens each, AdamW,
+    float32 master weights, bfloat16 compute, parameters and moments by the "train" rules; with
+    `grad_cache` rows embedded at a time (GradCache: one extra forward without gradients)."""
+    from embeddinggemma.train.config import TrainConfig
+    from embeddinggemma.train.step import abstract_batch, build_train_step
+
+    train_cfg = TrainConfig(
+        model="-",
+        train_file="-",
+        output_dir="-",
+        global_batch_size=batch,
+        attention_impl=impl,
+        remat=remat,
+        grad_cache_chunk=grad_cache,
+    )
+    step = build_train_step(train_cfg, cfg, mesh, total_steps=1000)
+    t0 = time.perf_counter()
+    with _compile_only(mesh):
+        lowered = step.fn.lower(step.abstract_state, step.abstract_frozen, abstract_batch(batch, 0, t, t))
+    compiled = lowered.compile()
+    chips, rows = mesh.devices.size, 2 * batch  # queries and documents
+    dense, attn = forward_flops(cfg, t)
+    cached = grad_cache is not None and grad_cache < batch  # as loss_and_grads decides
+    passes = 3 + remat + cached  # forward + backward (2x) + recompute + GradCache's gradient-free forward
+    kernel_passes = 9 + 2 * remat + 2 * cached  # splash matmuls: forward 2, dkv 4, dq 3
+    kernel = _kernel_flops(cfg, impl, t, rows / chips, passes=kernel_passes)
+    name = f"train, GradCache {grad_cache}" if cached else "train"
+    analytic = passes * rows * (dense + attn) / chips
+    return _report(name, mesh, f"{batch} pairs x {t}", compiled, t0, kernel, analytic, loops=cached)
+
+
+def default_mesh(kind: str, chips: int) -> str:
+    """Encode: pure data parallel. Train: FSDP over up to 16 chips, data parallel across groups."""
+    if kind == "encode":
+        return "data=-1"
+    return "fsdp=-1" if chips <= 16 else f"data=-1,fsdp={16}"
+
+
+STEPS = ("encode", "train")
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    return sum(v.size for v in jax.tree.leaves(nnx.state(EmbeddingGemmaModule.abstract(cfg))))
+
+
+def compile_steps(
+    devices: list,
+    steps: Sequence[str] = STEPS,
+    *,
+    encode_batch: int = 4096,
+    train_batch: int = 1024,
+    seq_len: int = 512,
+    encode_mesh: str | None = None,
+    train_mesh: str | None = None,
+    attention: AttentionImpl = "splash",
+    remat: bool = True,
+    grad_cache: int | None = None,
+    quantization: quantized.Mode | None = None,
+) -> Iterator[Report]:
+    """Each requested step of google/embeddinggemma-300m compiled for `devices` (see `tpu_devices`), its report
+    as soon as it is compiled. Meshes default to `default_mesh`."""
+    cfg = ModelConfig.embeddinggemma_300m()
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        raise ValueError(f"unknown AOT steps {unknown}; choose from {', '.join(STEPS)}")
+    for kind in steps:
+        spec = (encode_mesh if kind == "encode" else train_mesh) or default_mesh(kind, len(devices))
+        mesh = sharding.make_mesh(spec, devices)
+        if kind == "encode":
+            yield compile_encode(cfg, mesh, encode_batch, seq_len, attention, quantization)
+        else:
+            yield compile_train(cfg, mesh, train_batch, seq_len, attention, remat, grad_cache)

@@ -1,0 +1,5 @@
+"""`python -m embeddinggemma.cli ARGS`: the `embeddinggemma` command."""
+
+from embeddinggemma.cli import main
+
+raise SystemExit(main())
