@@ -23,6 +23,7 @@ mesh axes. Why these rules, for this model:
 
 | logical axis            | "inference"        | "train"            | used by                              |
 |-------------------------|--------------------|--------------------|--------------------------------------|
+| `layers`                | -                  | -                  | the leading axis of a layer stack    |
 | `vocab`                 | (fsdp, tensor)     | (fsdp, tensor)     | embedding table rows                 |
 | `embed`                 | -                  | fsdp               | model width of every weight matrix   |
 | `mlp`                   | tensor             | tensor             | MLP width (1152)                     |
@@ -73,6 +74,7 @@ _ACTIVATION_RULES: Rules = (
 )
 _PARAM_RULES: dict[str, Rules] = {
     "inference": (
+        ("layers", ()),
         ("vocab", ("fsdp", "tensor")),
         ("embed", ()),
         ("mlp", ("tensor",)),
@@ -82,6 +84,7 @@ _PARAM_RULES: dict[str, Rules] = {
         ("head_dim", ()),
     ),
     "train": (
+        ("layers", ()),
         ("vocab", ("fsdp", "tensor")),
         ("embed", ("fsdp",)),
         ("mlp", ("tensor",)),

@@ -19,6 +19,7 @@ OTHER_TESTS = (
     "aot",
     "benchmark",
     "benchmark-train",
+    "benchmark-compile",  # tests/bench/test_compile.py runs it
     "verify",  # tests/eval/test_verify.py runs it (its example needs the real checkpoint)
     "mteb",
     "mine",  # its example mines the code-search set; tests/eval/test_mining.py runs the command

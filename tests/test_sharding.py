@@ -50,15 +50,15 @@ def test_real_model_rules():
     }
     for mode in sharding.MODES:
         assert specs[mode][("embed_tokens",)] == P("fsdp", None)
-        assert specs[mode][("layers", 0, "self_attn", "k_norm", "weight")] == P(None)
-    assert specs["inference"][("layers", 3, "mlp", "gate_proj")] == P(None, None)
-    assert specs["train"][("layers", 3, "mlp", "gate_proj")] == P("fsdp", None)
-    assert specs["train"][("layers", 3, "self_attn", "o_proj")] == P(None, None, "fsdp")
+        assert specs[mode][("blocks", "sliding_attention", "self_attn", "k_norm", "weight")] == P(None, None)
+    assert specs["inference"][("blocks", "full_attention", "mlp", "gate_proj")] == P(None, None, None)
+    assert specs["train"][("blocks", "full_attention", "mlp", "gate_proj")] == P(None, "fsdp", None)
+    assert specs["train"][("blocks", "sliding_attention", "self_attn", "o_proj")] == P(None, None, None, "fsdp")
     tensor = {
         p: v.get_value().spec for p, v in nnx.to_flat_state(sharding.param_shardings(state, "fsdp=4,tensor=2", "train"))
     }
     assert tensor[("embed_tokens",)] == P(("fsdp", "tensor"), None)
-    assert tensor[("layers", 0, "mlp", "down_proj")] == P("tensor", "fsdp")
+    assert tensor[("blocks", "sliding_attention", "mlp", "down_proj")] == P(None, "tensor", "fsdp")
 
 
 def test_indivisible_dims_stay_whole():
@@ -78,15 +78,15 @@ MIXED = [*SHORT[:6], *(long_text(n, seed=n) for n in (40, 150, 230))]
 @pytest.mark.parametrize(
     ("spec", "table_spec", "mlp_spec"),
     [
-        ("data=8", P(None, None), P(None, None)),
-        ("data=2,fsdp=4", P("fsdp", None), P(None, None)),
-        ("fsdp=4,tensor=2", P(("fsdp", "tensor"), None), P(None, "tensor")),
+        ("data=8", P(None, None), P(None, None, None)),
+        ("data=2,fsdp=4", P("fsdp", None), P(None, None, None)),
+        ("fsdp=4,tensor=2", P(("fsdp", "tensor"), None), P(None, None, "tensor")),
     ],
 )
 def test_sharded_encode_matches_single_device(tiny_dir, tiny_model, spec, table_spec, mlp_spec):
     model = EmbeddingGemma.from_pretrained(tiny_dir, mesh=spec)
     table = model.params["embed_tokens"].get_value()
-    gate = model.params["layers"][0]["mlp"]["gate_proj"].get_value()
+    gate = model.params["blocks"]["sliding_attention"]["mlp"]["gate_proj"].get_value()
     assert table.sharding.spec == table_spec and gate.sharding.spec == mlp_spec
     assert len(table.sharding.device_set) == 8
     # Each device holds only its shard: the table is really split, not replicated.

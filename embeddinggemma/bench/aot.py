@@ -15,7 +15,9 @@ from the kernel's own block-sparsity (every 128 x 128 tile it visits; forward 2 
 counted only over the key pairs the mask allows (513 keys per query in sliding layers, fewer at the
 edges); for training 3 x forward, plus 1 x forward when blocks are rematerialized (recompute is part
 of the algorithm, not waste). The ratio therefore shows computed-but-masked attention and padding of
-the kernel's tiles, nothing else.
+the kernel's tiles, nothing else. XLA's cost analysis counts the body of a loop once, so for a program
+that loops (the scanned layers, the default, or GradCache's chunks) the table shows the analytic FLOPs
+(marked "a") and no ratio; `scan_layers=False` compiles the unrolled program, whose count is complete.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from embeddinggemma.model import attention, quantized
 from embeddinggemma.model.attention import AttentionImpl
 from embeddinggemma.model.config import FULL, ModelConfig
 from embeddinggemma.model.flops import forward_flops
-from embeddinggemma.model.modeling import EmbeddingGemmaModule
+from embeddinggemma.model.modeling import EmbeddingGemmaModule, RematPolicy
 
 V5E_BF16_FLOPS = 197e12  # per chip
 V5E_HBM_BYTES = 16 * 2**30
@@ -84,11 +86,11 @@ class Report:
     xla_flops: float
     kernel_flops: float
     analytic_flops: float
-    loops: bool = False  # the step loops over chunks: XLA's cost_analysis counts a loop body once
+    loops: bool = False  # scanned layers or GradCache's chunks: XLA's cost_analysis counts a loop body once
 
     def row(self) -> str:
-        """FLOPs, ideal time and ratio from the compiled count; for a looping step (GradCache) that count
-        misses all but one iteration, so the analytic FLOPs are shown (marked "a") and no ratio."""
+        """FLOPs, ideal time and ratio from the compiled count; for a looping step (scanned layers, GradCache)
+        that count misses all but one iteration, so the analytic FLOPs are shown (marked "a") and no ratio."""
         gib = lambda x: f"{x / 2**30:.2f}"  # noqa: E731
         compiled = self.xla_flops + self.kernel_flops
         if self.loops:
@@ -164,13 +166,20 @@ def lower_encode(
     impl: AttentionImpl,
     dtype: DTypeLike,
     quantization: quantized.Mode | None = None,
+    scan_layers: bool = True,
 ) -> jax.stages.Lowered:
     """The encode step `EmbeddingGemma.from_pretrained(..., mesh=mesh, quantization=...)` runs on a (batch, t)
     batch: parameters in `dtype` (quantized weights: integers, scales in `dtype`) on their "inference"
     shardings, the batch split over the batch axes. Quantized on a TPU mesh: int8 activations, as there."""
     activations = "int8" if mesh.devices.flat[0].platform == "tpu" else "float"
     module = EmbeddingGemmaModule.abstract(
-        cfg, dtype=dtype, param_dtype=dtype, attention_impl=impl, quantization=quantization, activations=activations
+        cfg,
+        dtype=dtype,
+        param_dtype=dtype,
+        attention_impl=impl,
+        scan_layers=scan_layers,
+        quantization=quantization,
+        activations=activations,
     )
     graphdef, params = nnx.split(module)
     shardings = sharding.param_shardings(params, mesh, "inference")
@@ -188,15 +197,17 @@ def compile_encode(
     t: int,
     impl: AttentionImpl,
     quantization: quantized.Mode | None = None,
+    scan_layers: bool = True,
 ) -> Report:
     """The encode step in bfloat16 (see `lower_encode`), compiled; FLOPs count int8 operations too."""
     t0 = time.perf_counter()
-    compiled = lower_encode(cfg, mesh, batch, t, impl, jnp.bfloat16, quantization).compile()
+    compiled = lower_encode(cfg, mesh, batch, t, impl, jnp.bfloat16, quantization, scan_layers).compile()
     chips = mesh.devices.size
     dense, attn = forward_flops(cfg, t)
     kernel = _kernel_flops(cfg, impl, t, batch / chips, passes=2)
     name = f"encode, {quantization}" if quantization else "encode"
-    return _report(name, mesh, f"{batch} x {t}", compiled, t0, kernel, batch * (dense + attn) / chips)
+    analytic = batch * (dense + attn) / chips
+    return _report(name, mesh, f"{batch} x {t}", compiled, t0, kernel, analytic, loops=scan_layers and cfg.layers_loop)
 
 
 def compile_train(
@@ -205,8 +216,9 @@ def compile_train(
     batch: int,
     t: int,
     impl: AttentionImpl,
-    remat: bool,
+    remat: RematPolicy,
     grad_cache: int | None,
+    scan_layers: bool = True,
 ) -> Report:
     """The real train step (embeddinggemma.train): (query, document) pairs of t tokens each, AdamW,
     float32 master weights, bfloat16 compute, parameters and moments by the "train" rules; with
@@ -222,6 +234,7 @@ def compile_train(
         attention_impl=impl,
         remat=remat,
         grad_cache_chunk=grad_cache,
+        scan_layers=scan_layers,
     )
     step = build_train_step(train_cfg, cfg, mesh, total_steps=1000)
     t0 = time.perf_counter()
@@ -231,12 +244,22 @@ def compile_train(
     chips, rows = mesh.devices.size, 2 * batch  # queries and documents
     dense, attn = forward_flops(cfg, t)
     cached = grad_cache is not None and grad_cache < batch  # as loss_and_grads decides
-    passes = 3 + remat + cached  # forward + backward (2x) + recompute + GradCache's gradient-free forward
-    kernel_passes = 9 + 2 * remat + 2 * cached  # splash matmuls: forward 2, dkv 4, dq 3
+    recompute = remat != "none"  # "dots" recomputes only elementwise work: counted as a whole forward too
+    passes = 3 + recompute + cached  # forward + backward (2x) + recompute + GradCache's gradient-free forward
+    kernel_passes = 9 + 2 * recompute + 2 * cached  # splash matmuls: forward 2, dkv 4, dq 3
     kernel = _kernel_flops(cfg, impl, t, rows / chips, passes=kernel_passes)
     name = f"train, GradCache {grad_cache}" if cached else "train"
     analytic = passes * rows * (dense + attn) / chips
-    return _report(name, mesh, f"{batch} pairs x {t}", compiled, t0, kernel, analytic, loops=cached)
+    return _report(
+        name,
+        mesh,
+        f"{batch} pairs x {t}",
+        compiled,
+        t0,
+        kernel,
+        analytic,
+        loops=cached or (scan_layers and cfg.layers_loop),
+    )
 
 
 def default_mesh(kind: str, chips: int) -> str:
@@ -263,7 +286,7 @@ def compile_steps(
     encode_mesh: str | None = None,
     train_mesh: str | None = None,
     attention: AttentionImpl = "splash",
-    remat: bool = True,
+    remat: RematPolicy = "full",
     grad_cache: int | None = None,
     quantization: quantized.Mode | None = None,
 ) -> Iterator[Report]:

@@ -19,6 +19,7 @@ model FLOP utilization = analytic forward FLOPs of the real tokens (embeddinggem
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import statistics
 import time
@@ -27,6 +28,8 @@ from typing import Literal
 
 from embeddinggemma.bench.child import in_child
 from embeddinggemma.bench.workloads import ENCODE_WORKLOADS, documents
+
+PLATFORMS = {"cpu": "cpu", "gpu": "cuda"}  # --device -> JAX's platform name, which is also PyTorch's device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,7 @@ class EncodeBenchmark:
     quantization: str | None = None  # ours only: int8 / int4 / mixed weights
     threads: int = os.cpu_count() or 1  # PyTorch's
     attention: tuple[str, ...] = ("auto",)
+    layers: tuple[str, ...] = ("scanned",)  # our layers under lax.scan and/or "unrolled": a row each
     repeats: int = 3
     scale: int = 1  # multiplies every workload's document count
     batch_size: dict[str, int] = dataclasses.field(default_factory=lambda: {"short": 32, "long": 4})
@@ -47,16 +51,21 @@ class EncodeBenchmark:
     only: str | None = None  # one workload
 
 
-def _load(framework: str, impl: str | None, args: EncodeBenchmark):
+def _load(framework: str, impl: str | None, args: EncodeBenchmark, layers: str = "scanned"):
     """(encode(texts, batch_size) -> np.ndarray, token lengths(texts), peak device bytes() or None)."""
     if framework == "jax":
-        os.environ.setdefault("JAX_PLATFORMS", {"cpu": "cpu", "gpu": "cuda"}[args.device])
         import jax
+
+        jax.config.update("jax_platforms", PLATFORMS[args.device])  # before the first device is touched
 
         from embeddinggemma.encode.encoder import EmbeddingGemma
 
         model = EmbeddingGemma.from_pretrained(
-            args.checkpoint, dtype=args.dtype, attention_impl=impl, quantization=args.quantization
+            args.checkpoint,
+            dtype=args.dtype,
+            attention_impl=impl,
+            quantization=args.quantization,
+            scan_layers=layers == "scanned",
         )
         device = jax.devices()[0]
         peak = (lambda: device.memory_stats()["peak_bytes_in_use"]) if args.device == "gpu" else None
@@ -67,7 +76,7 @@ def _load(framework: str, impl: str | None, args: EncodeBenchmark):
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
-    device = {"cpu": "cpu", "gpu": "cuda"}[args.device]
+    device = PLATFORMS[args.device]
     model = SentenceTransformer(args.checkpoint, device=device, model_kwargs={"dtype": getattr(torch, args.dtype)})
 
     def encode(xs: list[str], bs: int):
@@ -78,9 +87,9 @@ def _load(framework: str, impl: str | None, args: EncodeBenchmark):
     return encode, lengths, torch.cuda.max_memory_allocated if args.device == "gpu" else None
 
 
-def _measure(framework: str, impl: str | None, args: EncodeBenchmark, texts: dict) -> dict:
-    """In a child: load one framework (one attention backend) and time every workload."""
-    encode, lengths, peak = _load(framework, impl, args)
+def _measure(framework: str, impl: str | None, args: EncodeBenchmark, texts: dict, layers: str = "scanned") -> dict:
+    """In a child: load one framework (one attention backend, one layer layout) and time every workload."""
+    encode, lengths, peak = _load(framework, impl, args, layers)
     results: dict = {}
     for name, xs in texts.items():
         bs = args.batch_size[name]
@@ -138,15 +147,16 @@ def run(args: EncodeBenchmark, report: Callable[[str], None] = print) -> int:
     mfu = " | ours MFU | ST MFU" if args.peak_tflops else ""
     rows = [f"| workload | attention | ours tok/s | ST tok/s | ratio{mfu} | ours first s | ST first s | max cos diff |"]
     rows.append("|---" * (rows[0].count("|") - 1) + "|")
-    for impl in args.attention:
-        ours = in_child(_measure, "jax", impl, args, texts)
+    for impl, layers in itertools.product(args.attention, args.layers):
+        label = impl if args.layers == ("scanned",) else f"{impl}, {layers}"
+        ours = in_child(_measure, "jax", impl, args, texts, layers)
         if "error" in ours:
-            report(f"ours with attention={impl} failed:\n{ours['error']}")
+            report(f"ours with attention={label} failed:\n{ours['error']}")
             continue
-        report(f"ours (attention={impl}) peak: {_peaks(ours)}")
+        report(f"ours (attention={label}) peak: {_peaks(ours)}")
         for name in texts:
             flops = sum(sum(forward_flops(cfg, n)) for n in ours[name]["lengths"]) if args.peak_tflops else None
-            rows.append(_row(name, impl, ours[name], ref[name], args, flops))
+            rows.append(_row(name, label, ours[name], ref[name], args, flops))
             report(rows[-1])
     report("\n".join(rows))
     return 0

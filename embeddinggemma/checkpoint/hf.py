@@ -1,13 +1,15 @@
 """The sentence-transformers directory (the google/embeddinggemma-300m layout) <-> our parameters.
 
 `RULES` is the whole mapping, one line per kind of tensor: its key in the safetensors files, its path in
-our NNX state, and its layout. PyTorch stores a Linear weight as (out, in); we store (in..., out...) with
-the input side in the first `in_dims` dimensions (q/k/v_proj (D, N, H): 1; o_proj (N, H, D): 2). Loading
-and saving both read the same line, so adding a tensor is one line. The Dense modules' files hold a
-single `linear.weight` each; they appear here as `dense.{n}.linear.weight`.
+our NNX state (a layer's as `layers.{i}...`; `stacked` turns that into its stack and row, as the model
+keeps each layer type's blocks in one stack), and its layout. PyTorch stores a Linear weight as (out, in);
+we store (in..., out...) with the input side in the first `in_dims` dimensions (q/k/v_proj (D, N, H): 1;
+o_proj (N, H, D): 2). Loading and saving both read the same line, so adding a tensor is one line. The
+Dense modules' files hold a single `linear.weight` each; they appear here as `dense.{n}.linear.weight`.
 
-Loading streams tensors with `safe_open`, checks each against the module's skeleton, and places it
-directly on its target sharding; every missing, unexpected or mis-shaped tensor is reported at once.
+Loading streams tensors with `safe_open`, checks each against the module's skeleton, fills each stack's
+rows on the host and places it directly on its target sharding; every missing, unexpected or mis-shaped
+tensor is reported at once.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from safetensors.numpy import save_file
 from embeddinggemma.errors import CheckpointError
 from embeddinggemma.files import atomic_dir
 from embeddinggemma.model.config import ModelConfig
-from embeddinggemma.model.modeling import EmbeddingGemmaModule
+from embeddinggemma.model.modeling import STACKS, EmbeddingGemmaModule
 from embeddinggemma.model.tokenizer import Tokenizer
 from embeddinggemma.sharding import from_host
 
@@ -58,7 +60,7 @@ METADATA_FILES = (
 REQUIRED_FILES = ("config.json", "modules.json", "tokenizer.model")
 ENCODER_FILE = "model.safetensors"
 
-ParamPath = tuple[str | int, ...]  # a leaf's path in the NNX state, e.g. ("layers", 0, "mlp", "up_proj")
+ParamPath = tuple[str | int, ...]  # a leaf's path in the NNX state, e.g. ("blocks", "full_attention", "mlp", "up_proj")
 
 
 def _template_regex(template: str, fields: dict[str, str]) -> re.Pattern:
@@ -129,6 +131,22 @@ def _path(dotted: str) -> ParamPath:
     return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
 
 
+def stacked(cfg: ModelConfig, path: ParamPath) -> tuple[ParamPath, int | None]:
+    """(state path, row) of a parameter path: a layer's ("layers", i, ...) is row `stack_position(i)[1]` of its
+    type's stack (STACKS, type, ...); any other path is itself, with no row."""
+    if path[0] != "layers":
+        return path, None
+    kind, row = cfg.stack_position(path[1])
+    return (STACKS, kind, *path[2:]), row
+
+
+def unstacked(cfg: ModelConfig, path: ParamPath) -> list[ParamPath]:
+    """The per-layer paths whose rows a state path holds (the inverse of `stacked`), in row order."""
+    if path[0] != STACKS:
+        return [path]
+    return [("layers", cfg.stack_layer(path[1], row), *path[2:]) for row in range(cfg.layer_types.count(path[1]))]
+
+
 def _rule_for_key(key: str) -> tuple[Rule, ParamPath] | None:
     return next(((rule, path) for rule in RULES if (path := rule.to_path(key)) is not None), None)
 
@@ -177,7 +195,7 @@ def metadata_dir(root: Path) -> Path:
     return root
 
 
-def _place(x: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+def place(x: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
     """Put a host array on its sharding; each device (on every host) receives only its own slice."""
     if sharding is None:
         return jnp.asarray(x)
@@ -216,7 +234,8 @@ def read_params(
     skeleton = nnx.state(EmbeddingGemmaModule.abstract(cfg, param_dtype=dtype))
     expected = dict(skeleton.flat_state())
     target = dict(shardings.flat_state()) if shardings is not None else {}
-    loaded: dict[ParamPath, jax.Array] = {}
+    host: dict[ParamPath, np.ndarray] = {}  # each parameter, its stack's rows filled as the files are read
+    seen: set[ParamPath] = set()  # the per-layer paths read
     errors: list[str] = []
     for file, prefix in _tensor_files(root):
         if not file.is_file():
@@ -226,30 +245,36 @@ def read_params(
             with safe_open(file, framework="numpy") as f:
                 for raw_key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                     found = _rule_for_key(prefix + raw_key)
-                    if found is None or found[1] not in expected:
+                    path, row = stacked(cfg, found[1]) if found is not None else (None, None)
+                    if path not in expected or (row is not None and row >= expected[path].shape[0]):
                         errors.append(f"{file}: unexpected tensor {raw_key!r}")
                         continue
-                    rule, path = found
-                    want = expected[path].shape
+                    rule, spec = found[0], expected[path]
+                    want = spec.shape if row is None else spec.shape[1:]
                     got, hf_want = tuple(f.get_slice(raw_key).get_shape()), rule.hf_shape(want)
                     if got != hf_want:
                         errors.append(f"{file}: tensor {raw_key!r} has shape {got}, expected {hf_want}")
                         continue
-                    x = rule.to_ours(_read_tensor(f, file, raw_key), want)
-                    sharding = target.get(path)
-                    loaded[path] = _place(x.astype(expected[path].dtype), getattr(sharding, "value", sharding))
+                    x = rule.to_ours(_read_tensor(f, file, raw_key), want).astype(spec.dtype)
+                    if row is None:
+                        host[path] = x
+                    else:
+                        host.setdefault(path, np.empty(spec.shape, spec.dtype))[row] = x
+                    seen.add(found[1])
         except (SafetensorError, OSError) as e:  # a truncated download, a file of another kind
             raise CheckpointError(
                 f"{file}: not a readable safetensors file ({e}); if a download was interrupted, download it again"
             ) from e
     if not any(e.startswith("missing file") for e in errors):
         errors += [
-            f"missing tensor for {'.'.join(map(str, path))} ({_describe(root, _rule_for_path(path)[1])})"
+            f"missing tensor for {'.'.join(map(str, layer))} ({_describe(root, _rule_for_path(layer)[1])})"
             for path in expected
-            if path not in loaded
+            for layer in unstacked(cfg, path)
+            if layer not in seen
         ]
     if errors:
         raise CheckpointError(f"cannot load {root}:\n  " + "\n  ".join(errors))
+    loaded = {path: place(x, getattr(target.get(path), "value", target.get(path))) for path, x in host.items()}
     skeleton.replace_by_pure_dict(nest(loaded))
     return skeleton
 
@@ -268,12 +293,16 @@ def nest(flat: dict[ParamPath, Any]) -> dict:
 # ------------------------------------------------------------------------------------------ writing
 
 
-def tensors(state: nnx.State) -> dict[str, np.ndarray]:
-    """Our state -> {HF key: array} (Dense modules as `dense.{n}.linear.weight`), the inverse of reading."""
+def tensors(state: nnx.State, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Our state -> {HF key: array} (Dense modules as `dense.{n}.linear.weight`), the inverse of reading: each
+    stack's rows go back to their layers' keys."""
     out = {}
     for path, var in state.flat_state():
-        rule, key = _rule_for_path(path)
-        out[key] = rule.to_hf(np.asarray(jax.device_get(var.value if hasattr(var, "value") else var)))
+        x = np.asarray(jax.device_get(var.value if hasattr(var, "value") else var))
+        layers = unstacked(cfg, path)
+        for row, layer in enumerate(layers):
+            rule, key = _rule_for_path(layer)
+            out[key] = rule.to_hf(x[row] if path[0] == STACKS else x)
     return out
 
 
@@ -305,11 +334,12 @@ def write(state: nnx.State, metadata: str | Path, out_dir: str | Path, *, replac
     once the new one is complete.
     """
     check_metadata(Path(metadata))
+    cfg = read_config(Path(metadata))
     with atomic_dir(out_dir, replace=replace) as tmp:
         copy_metadata(Path(metadata), tmp)
         files: dict[Path, dict[str, np.ndarray]] = {}
         dense_dirs = _dense_dirs(tmp)
-        for key, x in tensors(state).items():
+        for key, x in tensors(state, cfg).items():
             m = DENSE_KEY.fullmatch(key)
             file, name = (ENCODER_FILE, key) if m is None else (f"{dense_dirs[int(m[1])]}/{ENCODER_FILE}", m[2])
             files.setdefault(tmp / file, {})[name] = x

@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
@@ -27,11 +28,11 @@ from embeddinggemma.checkpoint import hf
 from embeddinggemma.errors import CheckpointError
 from embeddinggemma.files import atomic_dir
 from embeddinggemma.model.config import ModelConfig, reading
-from embeddinggemma.model.modeling import EmbeddingGemmaModule
+from embeddinggemma.model.modeling import STACKS, EmbeddingGemmaModule
 
 FORMAT = "native"
 MARKER = "embeddinggemma.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each layer type's blocks in one stack; 1 (per-layer parameters) is stacked as it loads
 
 
 def is_native(path: str | Path) -> bool:
@@ -45,7 +46,7 @@ def read_config(root: Path) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: invalid JSON ({e})") from e
     with reading(file):
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in (1, FORMAT_VERSION):
             raise CheckpointError(f"{file}: unsupported native format version {meta.get('format_version')}")
         return ModelConfig.from_dict(meta["config"])
 
@@ -122,15 +123,22 @@ def _lookup(tree: Any, path: hf.ParamPath) -> Any:
     return tree
 
 
+def _format_version(root: Path) -> int:
+    return json.loads((Path(root) / MARKER).read_text(encoding="utf-8"))["format_version"]
+
+
 def read_params(
     root: str | Path, cfg: ModelConfig, *, dtype: DTypeLike = jnp.float32, shardings: nnx.State | None = None
 ) -> nnx.State:
-    """Restore the parameters, each directly onto its sharding (or the default device), in `dtype`."""
+    """Restore the parameters, each directly onto its sharding (or the default device), in `dtype`. A
+    checkpoint of format version 1 (written before the layers were stacked) is restored per layer and its
+    layers stacked (see `hf.stacked`): it loads as it always did, and `convert` writes it anew."""
     import orbax.checkpoint as ocp
 
     directory = (Path(root) / "params").absolute()
     skeleton = nnx.state(EmbeddingGemmaModule.abstract(cfg, param_dtype=dtype))
     flat_shard = dict(shardings.flat_state()) if shardings is not None else {}
+    per_layer = _format_version(root) == 1
     try:
         with quiet_orbax(directory):
             stored = ocp.StandardCheckpointer().metadata(directory)
@@ -143,7 +151,11 @@ def read_params(
                 sharding = getattr(sharding, "value", sharding) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
                 return jax.ShapeDtypeStruct(var.shape, _lookup(stored_tree, path).dtype, sharding=sharding)
 
-            abstract = hf.nest({p: target(p, v) for p, v in skeleton.flat_state()})
+            if per_layer:  # on the host, then stacked
+                host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+                abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), stored_tree)
+            else:
+                abstract = hf.nest({p: target(p, v) for p, v in skeleton.flat_state()})
             with ocp.StandardCheckpointer() as ckpt:
                 restored = ckpt.restore(directory, abstract)
     except CheckpointError:
@@ -152,8 +164,24 @@ def read_params(
     # down to a bare Exception for a chunk that does not decompress.
     except Exception as e:
         raise CheckpointError(f"{directory}: cannot restore the parameters ({first_line(e)})") from e
+    if per_layer:
+        restored = _stack_layers(restored, skeleton, cfg, flat_shard)
     skeleton.replace_by_pure_dict(jax.tree.map(lambda x: x.astype(dtype), restored))
     return skeleton
+
+
+def _stack_layers(restored: dict, skeleton: nnx.State, cfg: ModelConfig, shardings: dict) -> dict:
+    """A format-1 checkpoint's per-layer arrays as the skeleton's stacks, each placed on its sharding."""
+    out = {}
+    for path, var in skeleton.flat_state():
+        rows = [np.asarray(_lookup(restored, layer)) for layer in hf.unstacked(cfg, path)]
+        x = np.stack(rows) if path[0] == STACKS else rows[0]
+        if x.shape != var.shape:
+            where = ".".join(map(str, path))
+            raise CheckpointError(f"{where}: shape {x.shape} in the checkpoint, expected {var.shape}")
+        sharding = shardings.get(path)
+        out[path] = hf.place(x, getattr(sharding, "value", sharding))
+    return hf.nest(out)
 
 
 def write(state: nnx.State, cfg: ModelConfig, metadata: str | Path, out_dir: str | Path) -> Path:

@@ -1,5 +1,5 @@
 """The `embeddinggemma` command line: encode, search, similarity, evaluate, mine, serve, info, convert, train,
-aot, benchmark, benchmark-serve, benchmark-train, verify, mteb.
+aot, benchmark, benchmark-serve, benchmark-train, benchmark-compile, verify, mteb.
 
 Every command takes the checkpoint from --model (default: $EMBEDDINGGEMMA_CHECKPOINT, else the Hub id
 google/embeddinggemma-300m). Bad input ends the command with exit status 1 and one line on stderr, never a
@@ -25,6 +25,7 @@ from embeddinggemma.checkpoint.native import ORBAX_LOGGERS
 from embeddinggemma.cli import (
     aot,
     benchmark,
+    benchmark_compile,
     benchmark_serve,
     benchmark_train,
     common,
@@ -58,6 +59,7 @@ COMMANDS = (
     benchmark,
     benchmark_serve,
     benchmark_train,
+    benchmark_compile,
     verify,
     mteb,
 )

@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 
 from embeddinggemma.bench import aot
-from embeddinggemma.cli.common import subparser
+from embeddinggemma.cli.common import choice_list, subparser
 from embeddinggemma.model import attention, quantized
 from embeddinggemma.model.config import ModelConfig
-
-
-def steps(value: str) -> list[str]:
-    chosen = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(aot.STEPS))
-    if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(aot.STEPS)}, got {value!r}")
-    return chosen
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--topology", default="v5e:2x4", help="v5e:2x2 | v5e:2x4 | v5e:4x4 | v5e:16x16 | ...")
     p.add_argument(
-        "--steps", type=steps, default=list(aot.STEPS), help="comma-separated: encode, train (default: both)"
+        "--steps",
+        type=choice_list(aot.STEPS),
+        default=list(aot.STEPS),
+        help="comma-separated: encode, train (default: both)",
     )
     p.add_argument("--encode-batch", type=int, default=4096)
     p.add_argument("--train-batch", type=int, default=1024, help="(query, document) pairs per step")
@@ -62,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         encode_mesh=args.encode_mesh,
         train_mesh=args.train_mesh,
         attention=args.attention,
-        remat=not args.no_remat,
+        remat="none" if args.no_remat else "full",
         grad_cache=args.grad_cache,
         quantization=args.quantization,
     ):

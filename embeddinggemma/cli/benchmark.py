@@ -8,7 +8,7 @@ import os
 from embeddinggemma.bench.encode import EncodeBenchmark
 from embeddinggemma.bench.encode import run as run_benchmark
 from embeddinggemma.checkpoint import locate
-from embeddinggemma.cli.common import add_model_option, subparser
+from embeddinggemma.cli.common import add_layers_option, add_model_option, subparser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--attention", default="auto", help="our attention backend(s), comma-separated: a row each")
+    add_layers_option(p)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scale", type=int, default=1, help="multiply every workload's document count")
     p.add_argument("--short-batch", type=int, default=32)
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         quantization=args.quantization,
         threads=args.threads,
         attention=tuple(args.attention.split(",")),
+        layers=tuple(args.layers.split(",")),
         repeats=args.repeats,
         scale=args.scale,
         batch_size={"short": args.short_batch, "long": args.long_batch},

@@ -7,7 +7,7 @@ import argparse
 from embeddinggemma.bench.train import TrainBenchmark
 from embeddinggemma.bench.train import run as run_benchmark
 from embeddinggemma.checkpoint import locate
-from embeddinggemma.cli.common import add_model_option, subparser
+from embeddinggemma.cli.common import add_layers_option, add_model_option, subparser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where both trainers run (default: cpu)")
     p.add_argument("--grad-cache", type=int, help="GradCache chunk (CachedMultipleNegativesRankingLoss on ST's side)")
     p.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["ours", "sentence-transformers"], help="run one side")
+    add_layers_option(p)
     p.set_defaults(func=run)
 
 
@@ -41,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         learning_rate=args.learning_rate,
         dtype=args.dtype,
+        device=args.device,
         grad_cache=args.grad_cache,
         seed=args.seed,
         only=args.only,
+        layers=tuple(args.layers.split(",")),
         **({"threads": args.threads} if args.threads else {}),
     )
     return run_benchmark(options, lambda line: print(line, flush=True))

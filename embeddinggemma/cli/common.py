@@ -29,6 +29,18 @@ def positive_int(value: str) -> int:
     return n
 
 
+def choice_list(allowed: tuple[str, ...]):
+    """An argparse type: a comma-separated list of some of `allowed`, in the order given."""
+
+    def parse(value: str) -> list[str]:
+        chosen = [s.strip() for s in value.split(",") if s.strip()]
+        if not chosen or set(chosen) - set(allowed):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(allowed)}, got {value!r}")
+        return chosen
+
+    return parse
+
+
 def clip(text: str, width: int = 90) -> str:
     """One line of at most `width` characters (whitespace collapsed, an ellipsis where cut)."""
     text = " ".join(text.split())
@@ -73,6 +85,15 @@ def add_model_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
     )
     if batch:
         g.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
+
+
+def add_layers_option(p: argparse.ArgumentParser) -> None:
+    """--layers for the benchmarks: our model with its layers scanned and/or unrolled, a row each."""
+    p.add_argument(
+        "--layers",
+        default="scanned",
+        help="our layers: scanned (lax.scan; the default), unrolled, or both comma-separated (a row each)",
+    )
 
 
 def add_cache_args(p: argparse.ArgumentParser) -> None:

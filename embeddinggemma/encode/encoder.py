@@ -84,6 +84,7 @@ class EmbeddingGemma:
         mesh: str | jax.sharding.Mesh | None = None,
         quantization: quantized.Mode | None = None,
         activations: quantized.Activations | None = None,
+        scan_layers: bool = True,
     ) -> EmbeddingGemma:
         """Load an HF / sentence-transformers directory, a native checkpoint, or a Hub id.
 
@@ -96,13 +97,14 @@ class EmbeddingGemma:
         and scales (see `embeddinggemma.model.quantized`), quantized from the float32 checkpoint; the
         scales and the remaining parameters are then in `dtype`. `activations` ("float" or "int8") says
         whether int8 weights multiply int8 activations (w8a8); the default is "int8" on TPU, else "float".
+        `scan_layers=False` unrolls the layers in the compiled program (the same vectors; slower to compile).
         """
         quantized.check_mode(quantization)
         mesh = sharding.make_mesh(mesh) if mesh is not None else None
         load_dtype = "float32" if quantization else dtype  # quantize from the checkpoint's float32 values
         ckpt = checkpoint.load(path_or_hub_id, dtype=load_dtype, mesh=mesh, purpose="inference")
         module = EmbeddingGemmaModule.abstract(
-            ckpt.config, dtype=dtype, param_dtype=load_dtype, attention_impl=attention_impl
+            ckpt.config, dtype=dtype, param_dtype=load_dtype, attention_impl=attention_impl, scan_layers=scan_layers
         )
         nnx.update(module, ckpt.params)
         if quantization:

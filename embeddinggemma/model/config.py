@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -128,6 +129,38 @@ class ModelConfig:
     @property
     def num_global_layers(self) -> int:
         return self.layer_types.count(FULL)
+
+    # The layers' parameters are stacked, one stack per layer type (`stack_types`): layer i is row
+    # `stack_position(i)[1]` of the stack of its type. `layer_pattern` is how a scan walks them.
+
+    @property
+    def stack_types(self) -> tuple[LayerType, ...]:
+        """The layer types in order of first appearance: one parameter stack each."""
+        return tuple(dict.fromkeys(self.layer_types))
+
+    def stack_position(self, layer: int) -> tuple[LayerType, int]:
+        """(layer type, row in that type's stack) of layer `layer`."""
+        kind = self.layer_types[layer]
+        return kind, self.layer_types[:layer].count(kind)
+
+    def stack_layer(self, kind: LayerType, row: int) -> int:
+        """The layer index of row `row` of the `kind` stack (the inverse of `stack_position`)."""
+        return [i for i, t in enumerate(self.layer_types) if t == kind][row]
+
+    @property
+    def layer_pattern(self) -> tuple[tuple[tuple[LayerType, int], ...], int]:
+        """(period, repeats): the shortest prefix of layer_types whose repetition is all of it, as runs of one
+        type, and how often it repeats. The 300m: (((sliding, 5), (full, 1)), 4)."""
+        n = len(self.layer_types)
+        p = next(p for p in range(1, n + 1) if n % p == 0 and self.layer_types == self.layer_types[:p] * (n // p))
+        runs = [(kind, len(list(group))) for kind, group in itertools.groupby(self.layer_types[:p])]
+        return tuple(runs), n // p
+
+    @property
+    def layers_loop(self) -> bool:
+        """Whether the scanned layers are a loop (a pattern that repeats, or a run of two or more blocks)."""
+        runs, repeats = self.layer_pattern
+        return repeats > 1 or any(n > 1 for _, n in runs)
 
     @classmethod
     def embeddinggemma_300m(cls) -> ModelConfig:

@@ -9,6 +9,8 @@ float32 master weights with bfloat16 compute is the same module with two argumen
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -124,8 +126,52 @@ class Block(nnx.Module):
             return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
+RematPolicy = Literal["none", "full", "dots"]
+REMAT_POLICIES: tuple[RematPolicy, ...] = get_args(RematPolicy)
+STACKS = "blocks"  # the state key of the layer stacks: blocks/<layer type>/..., a leading "layers" axis
+
+
+def checkpoint_policy(remat: RematPolicy) -> Callable | None:
+    """The `jax.checkpoint` policy of a remat choice: "full" saves nothing of a block (its input only, the rest
+    recomputed for the backward), "dots" saves the outputs of its matmuls (recomputing only the elementwise
+    work), "none" is no checkpointing (None)."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose from {REMAT_POLICIES}")
+    return {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+            "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[remat]  # fmt: skip
+
+
+def _stack(
+    cfg: ModelConfig, kind: LayerType, n: int, *, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs
+) -> Block:
+    """`n` blocks of one layer type as one Block whose parameters have a leading axis of n, named "layers"."""
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    stack = make(rngs)
+    for _, var in nnx.iter_graph(stack):
+        if isinstance(var, nnx.Param):
+            var.set_metadata(logical_axes=("layers", *var.get_metadata()["logical_axes"]))
+    return stack
+
+
+def _row(state: nnx.State, row: int | slice) -> nnx.State:
+    return jax.tree.map(lambda x: x[row], state)
+
+
 class EmbeddingGemmaModule(nnx.Module):
-    """Token ids -> L2-normalized sentence embedding (B, embedding_dim), float32."""
+    """Token ids -> L2-normalized sentence embedding (B, embedding_dim), float32.
+
+    The blocks of each layer type are one stack (`blocks/<layer type>`, parameters with a leading "layers"
+    axis). With `scan_layers` (the default) the forward pass is a `jax.lax.scan` over the repeating layer
+    pattern (`ModelConfig.layer_pattern`: for the 300m, 4 periods of 5 sliding blocks and 1 global one), so a
+    compiled program holds one block of each type instead of all 24; `scan_layers=False` unrolls the same
+    stacks layer by layer (for debugging, and for `token_embeddings(return_hidden=True)`). `remat` is the
+    gradient-checkpointing policy of each block (`checkpoint_policy`).
+    """
 
     def __init__(
         self,
@@ -134,17 +180,24 @@ class EmbeddingGemmaModule(nnx.Module):
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
-        remat: bool = False,
+        remat: RematPolicy = "none",
         attention_impl: AttentionImpl = "auto",
+        scan_layers: bool = True,
     ):
         if attention_impl not in IMPLEMENTATIONS:  # refused here, not at the first forward pass
             raise ValueError(f"unknown attention implementation {attention_impl!r}; choose from {IMPLEMENTATIONS}")
+        checkpoint_policy(remat)  # an unknown policy is refused here too
         self.config = cfg
         self.dtype = dtype
         self.attention_impl = attention_impl
+        self.remat = remat
+        self.scan_layers = scan_layers
         self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, 1.0)
-        self.layers = nnx.List(
-            [Block(cfg, t, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for t in cfg.layer_types]
+        self.blocks = nnx.Dict(
+            {
+                kind: _stack(cfg, kind, cfg.layer_types.count(kind), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                for kind in cfg.stack_types
+            }
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", param_dtype=param_dtype)
         widths = (cfg.hidden_size, *cfg.dense_features)
@@ -154,7 +207,6 @@ class EmbeddingGemmaModule(nnx.Module):
                 for n, (i, o) in enumerate(itertools.pairwise(widths))
             ]
         )
-        self.remat = remat
 
     @classmethod
     def abstract(
@@ -163,8 +215,9 @@ class EmbeddingGemmaModule(nnx.Module):
         *,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
-        remat: bool = False,
+        remat: RematPolicy = "none",
         attention_impl: AttentionImpl = "auto",
+        scan_layers: bool = True,
         quantization: Mode | None = None,
         activations: Activations = "float",
     ) -> EmbeddingGemmaModule:
@@ -173,9 +226,14 @@ class EmbeddingGemmaModule(nnx.Module):
         quantized from float32, scales and the other parameters in `dtype` (`param_dtype` is then unused)."""
 
         def build() -> EmbeddingGemmaModule:
-            source_dtype = jnp.float32 if quantization else param_dtype
             module = cls(
-                cfg, dtype=dtype, param_dtype=source_dtype, rngs=nnx.Rngs(0), remat=remat, attention_impl=attention_impl
+                cfg,
+                dtype=dtype,
+                param_dtype=jnp.float32 if quantization else param_dtype,
+                rngs=nnx.Rngs(0),
+                remat=remat,
+                attention_impl=attention_impl,
+                scan_layers=scan_layers,
             )
             if quantization:
                 quantize_in_place(module, quantization, dtype=dtype, activations=activations)
@@ -186,7 +244,7 @@ class EmbeddingGemmaModule(nnx.Module):
     def token_embeddings(
         self, input_ids: jax.Array, valid: jax.Array, *, return_hidden: bool = False
     ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
-        """Final-norm token states (B, T, D); with return_hidden also each block's output."""
+        """Final-norm token states (B, T, D); with return_hidden also each block's output (layers unrolled)."""
         with jax.named_scope("embed"):
             if isinstance(self.embed_tokens, QuantizedWeight):  # integer rows gathered, then dequantized
                 rows = self.embed_tokens.take(input_ids)
@@ -196,25 +254,55 @@ class EmbeddingGemmaModule(nnx.Module):
             scale = jnp.asarray(self.config.hidden_size**0.5, rows.dtype)
             h = (rows * scale).astype(self.dtype)
             h = constrain(h, ("batch", "length", "act_embed"))
+        apply = self._block_functions(valid)
+        states = {kind: nnx.state(stack) for kind, stack in self.blocks.items()}
         hidden = []
-        for i, block in enumerate(self.layers):
-            with jax.named_scope(f"layer_{i}"):
-                h = self._remat_block(block, h, valid) if self.remat else block(h, valid, self.attention_impl)
-                h = constrain(h, ("batch", "length", "act_embed"))
-            hidden.append(h)
+        if self.scan_layers and not return_hidden:
+            h = self._scan(apply, states, h)
+        else:
+            for i in range(self.config.num_layers):
+                kind, row = self.config.stack_position(i)
+                with jax.named_scope(f"layer_{i}"):
+                    h = apply[kind](_row(states[kind], row), h)
+                hidden.append(h)
         with jax.named_scope("final_norm"):
             h = self.norm(h)
         return (h, hidden) if return_hidden else h
 
-    def _remat_block(self, block: Block, h: jax.Array, valid: jax.Array) -> jax.Array:
-        """Gradient checkpointing: keep only the block's input, recompute its activations for the backward.
+    def _block_functions(self, valid: jax.Array) -> dict[LayerType, Callable[[nnx.State, jax.Array], jax.Array]]:
+        """Per layer type, (one block's state, h) -> the block's output, under the remat policy. Pure functions of
+        the split state (not nnx transforms), so they also run where the parameters come from an outer trace,
+        e.g. inside GradCache's lax.map / lax.scan."""
+        policy, impl = checkpoint_policy(self.remat), self.attention_impl
 
-        A pure jax.checkpoint over the block's split state (rather than nnx.remat) also works where the
-        parameters come from an outer trace, e.g. inside GradCache's lax.map / lax.scan.
-        """
-        graphdef, state = nnx.split(block)
-        impl = self.attention_impl
-        return jax.checkpoint(lambda s, x, m: nnx.merge(graphdef, s)(x, m, impl))(state, h, valid)
+        def function(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:
+            def block(state: nnx.State, h: jax.Array) -> jax.Array:
+                return constrain(nnx.merge(graphdef, state)(h, valid, impl), ("batch", "length", "act_embed"))
+
+            return block if policy is None else jax.checkpoint(block, policy=policy)
+
+        return {kind: function(nnx.graphdef(stack)) for kind, stack in self.blocks.items()}
+
+    def _scan(self, apply: dict, states: dict[LayerType, nnx.State], h: jax.Array) -> jax.Array:
+        """The blocks as a scan over the periods of the layer pattern; inside a period, a scan over each run of
+        blocks of one type (a run of one is a plain call)."""
+        runs, repeats = self.config.layer_pattern
+        per_period = {kind: sum(n for k, n in runs if k == kind) for kind in states}
+        periods = {kind: jax.tree.map(lambda x, n=n: x.reshape(repeats, n, *x.shape[1:]), states[kind])
+                   for kind, n in per_period.items()}  # fmt: skip
+
+        def period(h: jax.Array, rows: dict[LayerType, nnx.State]) -> tuple[jax.Array, None]:
+            used = dict.fromkeys(rows, 0)
+            for kind, n in runs:
+                run, used[kind] = _row(rows[kind], slice(used[kind], used[kind] + n)), used[kind] + n
+                with jax.named_scope(kind):
+                    if n == 1:
+                        h = apply[kind](_row(run, 0), h)
+                    else:
+                        h = jax.lax.scan(lambda h, state, kind=kind: (apply[kind](state, h), None), h, run)[0]
+            return h, None
+
+        return jax.lax.scan(period, h, periods)[0] if repeats > 1 else period(h, _row(periods, 0))[0]
 
     def __call__(self, input_ids: jax.Array, valid: jax.Array) -> jax.Array:
         return self.head(self.token_embeddings(input_ids, valid), valid)

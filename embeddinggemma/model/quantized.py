@@ -37,15 +37,15 @@ integers and dequantized (qwix intercepts jnp.einsum / dot_general, not jnp.take
 here with qwix.quantize and dequantized with qwix.dequantize directly).
 
 Why not `qwix.quantize_model(model, qwix.PtqProvider(rules), ...)` (interception): measured on this model
-(qwix 0.1.8), it quantizes the attention and MLP einsums correctly (tests/model/test_quantized.py checks
-that ours are identical), but it silently leaves the Dense head in float (its kernels sit in an
-`nnx.List`, where qwix's parameter lookup does not search), it cannot reach the embedding lookup, and
-calling the quantized module a second time fails in qwix's `WithAux.astype` (our matmul casts the weight
-to the compute dtype). The explicit form here uses qwix's numerics (quantize, dequantize) and, for w8a8,
-its einsum; the weight-only matmul is the model's own einsum on the dequantized weight (qwix.einsum puts
-the weight first, a dot XLA:CPU cannot run in bfloat16 x bfloat16 -> float32). It is an ordinary NNX
-module state (sharded by the same logical-axis rules: the scales inherit their weight's axis names, and
-`sharding.logical_to_spec` leaves their size-1 dimensions whole), and needs no interception.
+(qwix 0.1.8), it quantizes the attention and MLP einsums of a block correctly (tests/model/test_quantized.py
+checks that ours are identical), but it fails on the layer stacks under `lax.scan`, silently leaves the
+Dense head in float (its kernels sit in an `nnx.List`, where qwix's parameter lookup does not search), cannot
+reach the embedding lookup, and calling the quantized module a second time fails in qwix's `WithAux.astype`
+(our matmul casts the weight to the compute dtype). The explicit form here uses qwix's numerics (quantize,
+dequantize) and, for w8a8, its einsum; the weight-only matmul is the model's own einsum on the dequantized
+weight (qwix.einsum puts the weight first, a dot XLA:CPU cannot run in bfloat16 x bfloat16 -> float32). It
+is an ordinary NNX module state (sharded by the same logical-axis rules: the scales inherit their weight's
+axis names, and `sharding.logical_to_spec` leaves their size-1 dimensions whole), and needs no interception.
 
 qwix is the optional `quant` extra; it is imported only when a model is quantized.
 """
@@ -82,7 +82,7 @@ class Scheme:
 
 
 _INT8, _INT4, _INT4_BLOCKS = Scheme("int8"), Scheme("int4"), Scheme("int4", BLOCK)
-ATTENTION = r"layers/\d+/self_attn/[qkvo]_proj"
+ATTENTION = r"blocks/\w+/self_attn/[qkvo]_proj"
 
 # Per mode, (parameter path regex, scheme): the first match applies; unmatched parameters stay float.
 RULES: dict[str, tuple[tuple[str, Scheme], ...]] = {
@@ -91,11 +91,12 @@ RULES: dict[str, tuple[tuple[str, Scheme], ...]] = {
     "mixed": ((ATTENTION, _INT8), (".*", _INT4)),
 }
 
-# The input (contraction) axes of every weight, as the model's einsums use it (see model.py).
+# The input (contraction) axes of every weight, as the model's einsums use it (see modeling.py). A layer stack's
+# weights (blocks/<layer type>/...) have a leading "layers" axis before these: each layer gets its own scales.
 INPUT_AXES: tuple[tuple[str, tuple[int, ...]], ...] = (
-    (r"layers/\d+/self_attn/[qkv]_proj", (0,)),  # btd,dnh->btnh: (D, N, H)
-    (r"layers/\d+/self_attn/o_proj", (0, 1)),  # btnh,nhd->btd: (N, H, D)
-    (r"layers/\d+/mlp/(gate|up|down)_proj", (0,)),  # btd,df->btf / btf,fd->btd
+    (r"blocks/\w+/self_attn/[qkv]_proj", (1,)),  # btd,dnh->btnh: (L, D, N, H)
+    (r"blocks/\w+/self_attn/o_proj", (1, 2)),  # btnh,nhd->btd: (L, N, H, D)
+    (r"blocks/\w+/mlp/(gate|up|down)_proj", (1,)),  # btd,df->btf / btf,fd->btd: (L, D, F) / (L, F, D)
     (r"dense/\d+", (0,)),  # bi,io->bo
     (r"embed_tokens", (1,)),  # a lookup of whole rows: a row is a channel, its values the input side
 )

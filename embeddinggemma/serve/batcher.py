@@ -68,6 +68,28 @@ def row_counts(
     return tuple(sorted({batching.padded_rows(n, multiple) for n in counts}))
 
 
+def platform_batching(platform: str) -> tuple[int, int]:
+    """(max_batch_tokens, row_step) by default on `platform`: on a CPU padding rows cost as much as real ones,
+    so small batches get every power of two; on an accelerator a small batch costs about what a few rows do,
+    and every 4th power keeps the warm-up short."""
+    return (1024, 2) if platform == "cpu" else (16384, 4)
+
+
+def batch_shapes(
+    max_seq_length: int,
+    max_length: int,
+    max_batch_tokens: int,
+    max_batch_size: int,
+    multiple: int = 1,
+    row_step: int = 2,
+) -> dict[int, tuple[int, ...]]:
+    """{length bucket: its compiled row counts} for texts of at most `max_length` tokens (see `row_counts`):
+    every shape a batcher compiles before it accepts work."""
+    longest = batching.bucket_length(max_length, max_seq_length, SERVE_BUCKETS_PER_OCTAVE)
+    buckets = [b for b in batching.length_buckets(max_seq_length, SERVE_BUCKETS_PER_OCTAVE) if b <= longest]
+    return {b: row_counts(b, max_batch_tokens, max_batch_size, multiple, row_step) for b in buckets}
+
+
 @dataclass(frozen=True)
 class BatchReport:
     """What one device batch did, for metrics."""
@@ -119,11 +141,10 @@ class Batcher:
         cfg = model.config
         self.model = model
         self.max_length = min(max_length or cfg.max_seq_length, cfg.max_seq_length)
-        longest = self._bucket(self.max_length)
-        buckets = [b for b in batching.length_buckets(cfg.max_seq_length, SERVE_BUCKETS_PER_OCTAVE) if b <= longest]
-        self.rows = {
-            b: row_counts(b, max_batch_tokens, max_batch_size, model.batch_multiple, row_step) for b in buckets
-        }
+        self.rows = batch_shapes(
+            cfg.max_seq_length, self.max_length, max_batch_tokens, max_batch_size, model.batch_multiple, row_step
+        )
+        buckets = list(self.rows)
         self.max_queue = max_queue
         self.batch_timeout = batch_timeout
         self.on_batch = on_batch

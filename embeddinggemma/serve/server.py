@@ -89,7 +89,7 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
 
     from embeddinggemma.serve.api import Limits
     from embeddinggemma.serve.app import ServeOptions, create_app
-    from embeddinggemma.serve.batcher import Batcher
+    from embeddinggemma.serve.batcher import Batcher, platform_batching
 
     sock = listen(config.host, config.port)
     start = time.perf_counter()
@@ -100,9 +100,7 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
     if config.max_input_tokens is not None and not 3 <= config.max_input_tokens <= max_length:
         raise ValueError(f"max_input_tokens must be in 3..{max_length} (this model's max_seq_length)")
     platform = jax.devices()[0].platform
-    # on a CPU padding rows cost as much as real ones, so small batches get every power of two; on an
-    # accelerator a small batch costs about what a few rows do, and every 4th power keeps the warm-up short
-    budget, row_step = (1024, 2) if platform == "cpu" else (16384, 4)
+    budget, row_step = platform_batching(platform)
     batcher = Batcher(
         model,
         max_batch_tokens=config.max_batch_tokens or budget,

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 from embeddinggemma.encode.prompts import TITLE_PROMPT
 from embeddinggemma.model.attention import AttentionImpl
 from embeddinggemma.model.config import DTypeName, ModelConfig
+from embeddinggemma.model.modeling import RematPolicy
 from embeddinggemma.model.quantized import Mode as QuantizationMode
 from embeddinggemma.train.sources import Columns
 
@@ -74,7 +75,8 @@ class TrainConfig:
     param_dtype: DTypeName = "float32"  # master weights
     compute_dtype: DTypeName = "bfloat16"
     freeze_embeddings: bool = False  # the 262144 x 768 token table (2/3 of the parameters)
-    remat: bool = False  # gradient checkpointing per block
+    remat: RematPolicy = "none"  # per block: "full" recomputes it all, "dots" keeps its matmuls; true = "full"
+    scan_layers: bool = True  # the blocks as a lax.scan (compiles one block of each type); false: unrolled
     attention_impl: AttentionImpl = "auto"
     mesh: str = "fsdp=-1"  # embeddinggemma.sharding.make_mesh spec
     quantization: QuantizationMode | None = None  # QAT: train (and evaluate) through int8/int4/mixed weights
@@ -92,6 +94,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Types from the annotations, then ranges and relations: a bad value fails here, naming the key,
         before anything loads or compiles."""
+        if isinstance(self.remat, bool):  # configs from before the policies: true / false
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
         hints = typing.get_type_hints(TrainConfig)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

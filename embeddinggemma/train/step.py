@@ -30,7 +30,7 @@ from embeddinggemma import sharding
 from embeddinggemma.encode.compilation import compiler_options
 from embeddinggemma.model import quantized
 from embeddinggemma.model.config import ModelConfig, check_dtype
-from embeddinggemma.model.modeling import EmbeddingGemmaModule
+from embeddinggemma.model.modeling import STACKS, EmbeddingGemmaModule
 from embeddinggemma.train import losses
 from embeddinggemma.train.config import TrainConfig
 
@@ -59,6 +59,7 @@ def training_module(cfg: TrainConfig, model_cfg: ModelConfig) -> EmbeddingGemmaM
         param_dtype=check_dtype(cfg.param_dtype),
         remat=cfg.remat,
         attention_impl=cfg.attention_impl,
+        scan_layers=cfg.scan_layers,
     )
 
 
@@ -182,6 +183,16 @@ def learning_rate_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
+def matrices(params: nnx.State) -> Any:
+    """True for the parameters weight decay applies to: matrices, not norm scales, by a parameter's own rank
+    (a layer stack's leading axis not counted)."""
+
+    def matrix(path: tuple, x: jax.Array) -> bool:
+        return x.ndim - any(getattr(k, "key", None) == STACKS for k in path) >= 2
+
+    return jax.tree_util.tree_map_with_path(matrix, params)
+
+
 def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW; weight decay on matrices only (not on norm scales)."""
     adamw = optax.adamw(
@@ -190,7 +201,7 @@ def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformatio
         b2=cfg.adam_b2,
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
-        mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params),
+        mask=matrices,
     )
     if cfg.max_grad_norm is None:
         return adamw

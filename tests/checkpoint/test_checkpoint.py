@@ -149,7 +149,7 @@ def test_key_table_maps_every_parameter_both_ways(tiny_dir: Path):
     keys = set(load_file(str(tiny_dir / "model.safetensors")))
     keys |= {f"dense.{n}.linear.weight" for n in range(len(cfg.dense_features))}
     state = hf.read_params(tiny_dir, cfg)
-    written = hf.tensors(state)
+    written = hf.tensors(state, cfg)
     assert set(written) == keys
     for key in keys - {"dense.0.linear.weight", "dense.1.linear.weight"}:
         np.testing.assert_array_equal(written[key], load_file(str(tiny_dir / "model.safetensors"))[key])
@@ -178,3 +178,33 @@ def test_not_a_checkpoint_path(tmp_path: Path):
         locate(str(tmp_path / "nope"))
     with pytest.raises(CheckpointError, match="missing"):
         hf.read_params(tmp_path, ModelConfig())
+
+
+def test_a_native_checkpoint_of_per_layer_parameters_loads_stacked(
+    tiny_dir: Path, tiny_model: EmbeddingGemma, tmp_path
+):
+    """Format version 1 (written before the layers were stacked: layers/<i>/... in orbax) loads to the same
+    parameters, and `convert` writes it back as the same sentence-transformers files."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from embeddinggemma.checkpoint import native
+
+    cfg = tiny_model.config
+    per_layer = {}
+    for path, var in nnx.to_flat_state(tiny_model.params):
+        x = np.asarray(var.get_value())
+        for row, layer in enumerate(hf.unstacked(cfg, path)):
+            per_layer[layer] = x[row] if path[0] == "blocks" else x
+    old = tmp_path / "v1"
+    hf.copy_metadata(tiny_dir, old / "hf")
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save((old / "params").absolute(), hf.nest(per_layer))
+    (old / native.MARKER).write_text(json.dumps({"format_version": 1, "config": cfg.to_dict()}))
+    loaded = EmbeddingGemma.from_pretrained(old)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(loaded.params), nnx.to_flat_state(tiny_model.params), strict=True):
+        np.testing.assert_array_equal(a.get_value(), b.get_value(), err_msg=str(path))
+    convert(old, tmp_path / "st")
+    for rel in TENSOR_FILES:
+        a, b = load_file(str(tiny_dir / rel)), load_file(str(tmp_path / "st" / rel))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), rel

@@ -253,7 +253,7 @@ def test_every_command_help_has_an_example() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse has no public accessor
     expected = {"convert", "encode", "search", "similarity", "info", "train", "aot", "benchmark", "benchmark-train"}
-    expected |= {"verify", "mteb", "evaluate", "mine", "serve", "benchmark-serve"}
+    expected |= {"verify", "mteb", "evaluate", "mine", "serve", "benchmark-serve", "benchmark-compile"}
     assert set(commands) == expected
     for name, sub in commands.items():
         assert "example:\n  embeddinggemma " + name in sub.format_help(), name

@@ -22,6 +22,7 @@ MESH = "data=2,fsdp=4"
 def main(tiny_dir: str, train_config: str, out_dir: str) -> None:
     from embeddinggemma import EmbeddingGemma, TrainConfig, sharding, train
     from embeddinggemma.encode.compilation import enable_compilation_cache
+    from embeddinggemma.train.step import TrainSteps
 
     sharding.maybe_initialize_distributed()
     import jax
@@ -33,9 +34,10 @@ def main(tiny_dir: str, train_config: str, out_dir: str) -> None:
     emb = EmbeddingGemma.from_pretrained(tiny_dir, mesh=MESH).encode(TEXTS)
     np.save(out / f"embeddings{jax.process_index()}.npy", emb)
     cfg = TrainConfig.from_dict(json.loads(Path(train_config).read_text()))
-    preempted = train(cfg)
+    steps = TrainSteps()  # the resumed run reuses the compiled steps, as a notebook holding one would
+    preempted = train(cfg, steps=steps)
     multihost_utils.sync_global_devices("preempted")
-    result = train(cfg, resume=True)
+    result = train(cfg, resume=True, steps=steps)
     (out / f"result{jax.process_index()}.json").write_text(json.dumps([preempted, result]))
 
 

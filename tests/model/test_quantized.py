@@ -28,7 +28,7 @@ TEXTS = [*SHORT, long_text(150, 1), long_text(400, 2)]  # multilingual, and one 
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
 
 # What each mode does to each weight (the model card's rows; see the module docstring): (bits, block or None).
-ATTENTION = re.compile(r"layers/\d+/self_attn/[qkvo]_proj")
+ATTENTION = re.compile(r"blocks/\w+/self_attn/[qkvo]_proj")
 EXPECTED = {
     "int8": lambda path: (8, None),
     "int4": lambda path: (4, 32),
@@ -39,7 +39,8 @@ INPUTS = {"q_proj": (0,), "k_proj": (0,), "v_proj": (0,), "o_proj": (0, 1), "emb
 
 
 def input_axes(path: str) -> tuple[int, ...]:
-    return INPUTS.get(path.rsplit("/", 1)[-1], (0,))  # MLP (D, F) / (F, D) and Dense (in, out): axis 0
+    axes = INPUTS.get(path.rsplit("/", 1)[-1], (0,))  # MLP (D, F) / (F, D) and Dense (in, out): axis 0
+    return tuple(a + 1 for a in axes) if path.startswith("blocks/") else axes  # after a stack's layers axis
 
 
 def reference(w: np.ndarray, inputs: tuple[int, ...], bits: int, block: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +95,7 @@ def test_quantized_values_equal_the_numpy_reference(mode, float_params, quantize
     NumPy reference bit for bit (per channel, blocks of 32, rounding, clipping); norms stay float32."""
     params = flat(quantized_models[mode].params)
     weights = sorted({k.rsplit("/", 1)[0] for k in params if k.endswith("/qvalue")})
-    assert len(weights) == 1 + 4 * 7 + 2  # the table, 7 matrices a layer, the 2 Dense layers
+    assert len(weights) == 1 + 2 * 7 + 2  # the table, 7 matrices a layer stack (2 layer types), the 2 Dense layers
     seen_blocks = set()
     for path in weights:
         bits, block = EXPECTED[mode](path)
@@ -189,8 +190,8 @@ def test_mesh_gives_the_single_device_embeddings(tiny_dir, quantized_models, mod
     for leaf in (table["qvalue"].value, table["scale"].value):
         assert leaf.sharding.spec[0] == ("fsdp", "tensor")
         assert leaf.addressable_shards[0].data.shape[0] == leaf.shape[0] // 4
-    down = model.params["layers"][0]["mlp"]["down_proj"]["qvalue"].value
-    assert down.sharding.spec[0] == "tensor"  # the MLP width, as for the float weight
+    down = model.params["blocks"]["sliding_attention"]["mlp"]["down_proj"]["qvalue"].value
+    assert down.sharding.spec[1] == "tensor"  # the MLP width, as for the float weight (after the layers axis)
     np.testing.assert_allclose(model.encode(TEXTS), quantized_models[mode].encode(TEXTS), atol=2e-6)
 
 
@@ -201,7 +202,7 @@ def test_int8_activations_multiply_int8_by_int8(tiny_dir, quantized_models):
     tokens, valid = model.pad_batch(model.tokenizer.encode(TEXTS[:2]))
     hlo = model._forward.lower(model.params, tokens, valid).as_text()
     int_dot = re.compile(r"dot_general.*tensor<[^>]*xi8>.*tensor<[^>]*xi8>\) -> tensor<[^>]*xi32>")
-    assert len(int_dot.findall(hlo)) == 4 * 7 + 2  # every layer's 7 matmuls and the 2 Dense layers
+    assert len(int_dot.findall(hlo)) == 2 * 7 + 2  # the scanned program: one block of each type, 2 Dense layers
     weight_only = quantized_models["int8"]._forward.lower(quantized_models["int8"].params, tokens, valid).as_text()
     assert not int_dot.findall(weight_only)
     cos = (model.encode(TEXTS) * quantized_models["int8"].encode(TEXTS)).sum(axis=1)
@@ -209,24 +210,28 @@ def test_int8_activations_multiply_int8_by_int8(tiny_dir, quantized_models):
 
 
 def test_matches_qwix_ptq_interception(tiny_model, quantized_models):
-    """qwix's own PTQ route (quantize_model + PtqProvider, which intercepts the einsums) stores the same
-    int8 values and scales for the attention and MLP weights it reaches; it leaves the Dense head float."""
+    """qwix's own PTQ route (quantize_model + PtqProvider, which intercepts the einsums) stores the same int8
+    values and scales for the attention and MLP weights of a block. (It cannot reach weights inside the
+    scanned layer stacks, so each block is given to it alone: a row of a stack merged into a Block.)"""
     import qwix
 
-    module = nnx.merge(tiny_model.graphdef, tiny_model.params)
     provider = qwix.PtqProvider([qwix.QuantizationRule(module_path=".*", weight_qtype=jnp.int8)])
-    ids = jnp.ones((2, 8), jnp.int32)
-    theirs = {
-        "/".join(map(str, p)): np.asarray(v.value)
-        for p, v in nnx.state(qwix.quantize_model(module, provider, ids, ids > 0)).flat_state()
-    }
+    cfg = tiny_model.config
+    h, valid = jnp.ones((2, 8, cfg.hidden_size), jnp.float32), jnp.ones((2, 8), bool)
     ours = flat(quantized_models["int8"].params)
-    reached = sorted(k.removesuffix("/array/qvalue") for k in theirs if k.endswith("/array/qvalue"))
-    assert len(reached) == 4 * 7 and not any(k.startswith(("dense", "embed")) for k in reached)
-    for path in reached:
-        np.testing.assert_array_equal(theirs[f"{path}/array/qvalue"], ours[f"{path}/qvalue"])
-        np.testing.assert_array_equal(theirs[f"{path}/array/scale"], ours[f"{path}/scale"])
-    assert theirs["dense/0"].dtype == np.float32
+    for kind in cfg.stack_types:
+        stack = nnx.merge(tiny_model.graphdef, tiny_model.params).blocks[kind]
+        graphdef, state = nnx.split(stack)
+        for row in range(cfg.layer_types.count(kind)):
+            block = nnx.merge(graphdef, jax.tree.map(lambda x, row=row: x[row], state))
+            quantized_block = qwix.quantize_model(block, provider, h, valid, "dense")
+            theirs = {"/".join(map(str, p)): np.asarray(v.value) for p, v in nnx.state(quantized_block).flat_state()}
+            reached = sorted(k.removesuffix("/array/qvalue") for k in theirs if k.endswith("/array/qvalue"))
+            assert len(reached) == 7, reached
+            for path in reached:
+                mine = f"blocks/{kind}/{path}"
+                np.testing.assert_array_equal(theirs[f"{path}/array/qvalue"], ours[f"{mine}/qvalue"][row])
+                np.testing.assert_array_equal(theirs[f"{path}/array/scale"], ours[f"{mine}/scale"][row])
 
 
 def test_refusals(tiny_dir, quantized_models, tmp_path):
@@ -289,8 +294,9 @@ def test_int8_encode_compiles_for_v5e_with_int8_matmuls():
     mesh = sharding.make_mesh("data=2,fsdp=2", devices)
     lowered = aot.lower_encode(cfg, mesh, 8, 512, "splash", jnp.bfloat16, "int8").as_text()
     int_dot = re.compile(r"dot_general.*tensor<[^>]*xi8>.*tensor<[^>]*xi8>\) -> tensor<[^>]*xi32>")
-    assert len(int_dot.findall(lowered)) == cfg.num_layers * 7 + 2
-    report = aot.compile_encode(cfg, mesh, batch=8, t=512, impl="splash", quantization="int8")
+    assert len(int_dot.findall(lowered)) == len(cfg.stack_types) * 7 + 2  # one block of each type: scanned
+    # compiled unrolled: XLA's cost analysis counts a scanned block once, and the parameters are the same
+    report = aot.compile_encode(cfg, mesh, batch=8, t=512, impl="splash", quantization="int8", scan_layers=False)
     assert report.name == "encode, int8"
     # int8 values (the table split over fsdp=2) + bfloat16 scales and norms: ~0.1 GB table + ~0.1 GB layers
     d, h, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size

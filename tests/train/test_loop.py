@@ -62,7 +62,8 @@ def test_finetuning_improves_heldout_ndcg_and_exports(tiny_dir, data, tmp_path):
     steps = [e for e in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"] if e.get("name") == "train"]
     assert sorted(int(e["args"]["step_num"]) for e in steps) == [4, 5], steps  # StepTraceAnnotation per step
     (xplane,) = (tmp_path / "run" / "profile").rglob("*.xplane.pb")  # ops carry their named scopes
-    assert all(scope in xplane.read_bytes() for scope in (b"layer_0/attention", b"layer_1/mlp", b"/head/"))
+    scopes = (b"sliding_attention/attention", b"full_attention/mlp", b"/head/")  # a layer type's blocks, the head
+    assert all(scope in xplane.read_bytes() for scope in scopes)
     before, after = result["eval_start"]["eval/48/ndcg@10"], result["eval_end"]["eval/48/ndcg@10"]
     print(f"held-out nDCG@10 (48-d): {before:.4f} -> {after:.4f}")
     assert result["status"] == "completed" and after > before + 0.05
@@ -251,7 +252,7 @@ BAD_CONFIG_VALUES = {
     "grad_cache_chunk": (0, "grad_cache_chunk must be > 0 or null, got 0"),
     "schedule": ("cos", "schedule must be one of 'linear', 'cosine', got 'cos'"),
     "matryoshka_dims": ([64, 64], "matryoshka_dims must be distinct positive widths"),
-    "remat": (1, "remat must be true or false, got 1"),
+    "remat": (1, "remat must be one of 'none', 'full', 'dots', got 1"),
     "adam_b1": (-0.1, r"adam_b1 must be in \[0, 1\)"),
 }
 

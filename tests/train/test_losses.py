@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
 from embeddinggemma.checkpoint import hf
+from embeddinggemma.model.config import ModelConfig
 from embeddinggemma.train import losses, step
 from embeddinggemma.train.data import Collator
 from tests.helpers.train import EXAMPLES, TINY_DIMS, collate, tiny_config, tiny_params
@@ -35,7 +36,7 @@ def reference(tiny_dir):
     torch.manual_seed(0)
     model = SentenceTransformer(str(tiny_dir), device="cpu")
     loss_fn = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), list(TINY_DIMS))
-    from tests.helpers.train import ModelConfig, Prompts  # the same prompts our collator uses
+    from tests.helpers.train import Prompts  # the same prompts our collator uses
 
     cfg = ModelConfig.from_checkpoint_dir(tiny_dir)
     collator = Collator(
@@ -67,7 +68,7 @@ def test_matryoshka_infonce_loss_and_grads_match_sentence_transformers(tiny_dir,
     # ~1.5e-5 absolute; the loss *function* is compared exactly in the next test.
     assert abs(float(loss) - ref_loss) <= LOSS_TOL * abs(ref_loss) / 10, (float(loss), ref_loss)
 
-    flat = hf.tensors(grads)
+    flat = hf.tensors(grads, ModelConfig.from_checkpoint_dir(tiny_dir))
     assert set(flat) == set(ref_grads)
     worst = 0.0
     for name, ref in ref_grads.items():

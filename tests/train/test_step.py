@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from embeddinggemma import TrainConfig, sharding
 from embeddinggemma.model.config import ModelConfig
@@ -46,10 +47,17 @@ def full(tiny_dir):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"grad_cache_chunk": 4}, {"grad_cache_chunk": 5, "remat": True}],
-    ids=["chunk4", "chunk5-remat"],
+    [
+        {"grad_cache_chunk": 4},
+        {"grad_cache_chunk": 5, "remat": "full"},
+        {"remat": "dots"},
+        {"grad_cache_chunk": 4, "scan_layers": False, "remat": True},
+    ],
+    ids=["chunk4", "chunk5-remat-full", "remat-dots", "chunk4-unrolled-remat"],
 )
-def test_grad_cache_equals_full_batch(tiny_dir, full, overrides):
+def test_grad_cache_remat_and_unrolled_layers_equal_full_batch(tiny_dir, full, overrides):
+    """GradCache, each remat policy and the unrolled layers give the scanned full-batch step's loss and gradients
+    (remat True is the policy "full", as configs from before the policies say it)."""
     # 6 queries and 18 documents: neither divides by 4 or 5, so the last chunk is padded.
     loss, grads = _grads(tiny_dir, **overrides)
     assert abs(loss - full[0]) <= GRAD_TOL * abs(full[0])
@@ -59,7 +67,18 @@ def test_grad_cache_equals_full_batch(tiny_dir, full, overrides):
 def test_frozen_embeddings_have_no_gradient(tiny_dir, full):
     _, grads = _grads(tiny_dir, freeze_embeddings=True, grad_cache_chunk=5)
     assert "embed_tokens" not in grads and "embed_tokens" in full[1]
-    assert _max_rel_diff(grads["layers"], full[1]["layers"]) <= GRAD_TOL
+    assert _max_rel_diff(grads["blocks"], full[1]["blocks"]) <= GRAD_TOL
+
+
+def test_weight_decay_skips_norm_scales_of_the_layer_stacks(tiny_dir):
+    """A stacked norm scale is 2-D (layers, width) but a vector per layer: no weight decay, as before stacking."""
+    _, _, params = tiny_params(tiny_dir, tiny_config())
+    decays = {path: var.get_value() for path, var in nnx.to_flat_state(step.matrices(params))}
+    stack = ("blocks", "sliding_attention")
+    assert decays[(*stack, "input_layernorm", "weight")] is False
+    assert decays[(*stack, "self_attn", "q_norm", "weight")] is False
+    assert decays[(*stack, "mlp", "up_proj")] is True and decays[("dense", 0)] is True
+    assert decays[("norm", "weight")] is False
 
 
 def _run_step(tiny_dir, mesh_spec: str, batch=None, steps: int = 1):
