@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2.0,
         help="how long a partial batch waits for more texts while the device is idle (default: 2)",
     )
+    g.add_argument(
+        "--warmup-threads",
+        type=positive_int,
+        default=1,
+        help="batch shapes compiled at a time while warming up (default: 1; XLA:CPU already compiles one "
+        "program on every core, so more helped nothing on 2 cores; try more on a many-core accelerator host)",
+    )
     g = p.add_argument_group("request limits")
     g.add_argument(
         "--max-input-tokens",
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         batch_timeout_ms=args.batch_timeout_ms,
+        warmup_threads=args.warmup_threads,
         max_input_tokens=args.max_input_tokens,
         max_inputs=args.max_inputs,
         max_request_bytes=args.max_request_bytes,

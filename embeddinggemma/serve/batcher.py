@@ -14,7 +14,8 @@ Row counts: per bucket, the largest is the largest power of two with rows x leng
 rows <= max_batch_size (at least one row); below it, every `row_step`-th smaller power down to one row, all
 rounded up to a multiple of the mesh's batch shards. A lone short text then runs a one-row batch, not a
 full one (on a CPU, padding rows cost as much as real ones). `warm_up` compiles (or loads from JAX's
-persistent cache) every shape before the batcher accepts work, so no request waits for a compile.
+persistent cache) every shape before the batcher accepts work, so no request waits for a compile; it compiles
+`warmup_threads` shapes at a time (XLA compiles with the GIL released).
 
 Rows of a batch do not interact, so a vector does not depend on its batch-mates' texts; only the batch's
 shape (its row count, its padded length, the row a text lands on) can change the float32 rounding, by up to
@@ -32,6 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import jax
@@ -136,6 +138,7 @@ class Batcher:
         batch_timeout: float = 0.002,
         max_length: int | None = None,
         row_step: int = 2,
+        warmup_threads: int = 1,
         on_batch: Callable[[BatchReport], None] | None = None,
     ):
         cfg = model.config
@@ -148,6 +151,7 @@ class Batcher:
         self.max_queue = max_queue
         self.batch_timeout = batch_timeout
         self.on_batch = on_batch
+        self.warmup_threads = warmup_threads
         self.warmup_seconds: float | None = None
         self.error: BaseException | None = None  # why warm-up failed
         self._queues: dict[int, deque[_Text]] = {b: deque() for b in buckets}
@@ -259,13 +263,25 @@ class Batcher:
         """Run one batch of every shape, so that no request waits for a compile."""
         cfg = self.model.config
         start = time.perf_counter()
-        for rows, length in self.shapes:
+
+        def run(shape: tuple[int, int]) -> None:
+            rows, length = shape
             if self._state != "warming":
                 return
             t = time.perf_counter()
             dummy = [[cfg.bos_id, *[cfg.pad_id] * (length - 2), cfg.eos_id]]  # exactly `length` tokens
             self.model.collect(self.model.dispatch(dummy, rows=rows, length=length), 1)
             logger.info("warm-up: batch %d x %d ready in %.2f s", rows, length, time.perf_counter() - t)
+
+        # the longest shapes first: they take longest to compile, so the threads finish together
+        order = sorted(self.shapes, key=lambda s: (-s[1], -s[0]))
+        pool = ThreadPoolExecutor(self.warmup_threads, thread_name_prefix="embeddinggemma-warm-up")
+        try:
+            list(pool.map(run, order))  # re-raises the first failure
+        finally:
+            pool.shutdown(cancel_futures=True)  # after a failure, compile nothing more
+        if self._state != "warming":
+            return
         self.warmup_seconds = time.perf_counter() - start
         logger.info("ready: %d batch shapes warmed up in %.1f s", len(self.shapes), self.warmup_seconds)
         with self._cond:  # after the log line: whoever sees "ready" (a /health poll) finds it logged

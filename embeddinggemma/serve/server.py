@@ -50,6 +50,7 @@ class ServerConfig:
     max_batch_size: int = 256
     max_queue: int = 4096
     batch_timeout_ms: float = 2.0
+    warmup_threads: int = 1  # shapes compiled at a time during the warm-up
     max_input_tokens: int | None = None  # default: the model's max_seq_length
     max_inputs: int = 2048
     max_request_bytes: int = 16 * 2**20
@@ -109,6 +110,7 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
         max_queue=config.max_queue,
         batch_timeout=config.batch_timeout_ms / 1000,
         max_length=config.max_input_tokens,
+        warmup_threads=config.warmup_threads,
     )
     limits = Limits(config.max_inputs, config.max_request_bytes, config.max_input_tokens)
     options = ServeOptions(config.served_model_name or default_served_name(model_id), limits, config.api_key)

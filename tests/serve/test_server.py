@@ -422,8 +422,8 @@ def test_full_queue_is_429_and_padding_rows_carry_shorter_texts(tiny_model: Embe
 def test_no_request_compiles_after_the_warm_up(tiny_model: EmbeddingGemma) -> None:
     """Inputs of every length up to the limit, in one request (so they share batches) and alone, run only
     shapes the warm-up compiled (the server's buckets are coarser than `encode`'s: a batch must be padded to
-    its server bucket), with `encode`'s vectors."""
-    batcher = Batcher(tiny_model, max_batch_tokens=512, max_length=96)
+    its server bucket), with `encode`'s vectors. Three shapes compile at a time."""
+    batcher = Batcher(tiny_model, max_batch_tokens=512, max_length=96, warmup_threads=3)
     cfg = tiny_model.config
     ids = [[cfg.bos_id, *[5 + n % 7] * (n - 2), cfg.eos_id] for n in range(3, 97)]
 
@@ -448,6 +448,29 @@ def test_no_request_compiles_after_the_warm_up(tiny_model: EmbeddingGemma) -> No
     expected = tiny_model.encode_ids(ids)
     np.testing.assert_allclose(together, expected, atol=1e-6)
     np.testing.assert_allclose(np.stack([v[0] for v in alone]), expected[::7], atol=1e-6)
+
+
+def test_a_shape_that_fails_fails_the_warm_up_and_compiles_nothing_more(tiny_model: EmbeddingGemma) -> None:
+    """A warm-up batch that raises (a shape too large for the device) fails the batcher with that error, and
+    the shapes not yet started are not run: the server exits instead of warming up for nothing."""
+
+    class FailingDevice(GatedDevice):
+        def dispatch(self, ids, rows=None, length=None):
+            if length == 64 and rows == 8:  # the first shape of the warm-up: the longest bucket, most rows
+                raise RuntimeError("RESOURCE_EXHAUSTED: 8 x 64 does not fit")
+            time.sleep(0.2)  # a compile: the failure is seen while the other thread is in its first shape
+            return super().dispatch(ids, rows, length)
+
+    device = FailingDevice(tiny_model)
+    batcher = Batcher(device, max_batch_tokens=512, max_length=64, warmup_threads=2)
+    batcher.start()
+    deadline = time.monotonic() + 60
+    while batcher.state == "warming":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert batcher.state == "failed" and "8 x 64 does not fit" in str(batcher.error)
+    assert batcher.warmup_seconds is None
+    assert len(device.batches) <= 2 < len(batcher.shapes)  # the second thread's shape, maybe one more
 
 
 def test_client_disconnect_cancels_its_queued_texts(tiny_model: EmbeddingGemma) -> None:
