@@ -5,10 +5,13 @@ first `steps` global batches as a dataset read sequentially), with the same batc
 prompts (query prompt on queries, document prompt on positives and negatives), loss
 (MatryoshkaLoss(MultipleNegativesRankingLoss), scale 20, no false-negative masking; with --grad-cache N
 the cached / GradCache variant on both sides), optimizer (AdamW, no weight decay, gradient clipping at
-1.0), learning-rate schedule (linear decay from the first step) and dtype. Each side runs in its own child
+1.0), learning-rate schedule (linear decay from the first step) and precision: float32 master weights on
+both sides, computing in `dtype` (bfloat16: the trainer's `bf16=True` autocast, our compute_dtype; bfloat16
+weights would lose AdamW's updates of ~1e-5, below bfloat16's 8 bits of mantissa). Each side runs in its own child
 process, one after the other. Reported per side: the first step's loss (they must agree: same model,
-same batch), the median step time after the first step (compilation or warm-up), examples/s from it,
-and peak RSS. Needs torch and sentence-transformers.
+same batch), the median step time after the first step (warm-up), examples/s from it, and peak RSS. Ours
+runs twice in its process (`run_ours`): the first pass compiles one program per batch shape, the second is
+measured; the first pass's median is shown too, as what a short run pays. Needs torch and sentence-transformers.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class TrainBenchmark:
     seed: int = 0
     only: Literal["ours", "sentence-transformers"] | None = None
     layers: tuple[str, ...] = ("scanned",)  # ours with the layers under lax.scan and/or "unrolled": a row each
+    profile: bool = False  # also where our step's time goes (bench.profile), per layout
 
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:
@@ -73,7 +77,7 @@ def _config(args: TrainBenchmark, train_file: str, output_dir: str, layers: str 
         steps=args.steps,
         learning_rate=args.learning_rate,
         weight_decay=0.0,
-        param_dtype=args.dtype,
+        param_dtype="float32",
         compute_dtype=args.dtype,
         mesh="data=-1",  # one CPU device unless XLA_FLAGS makes more
         log_every=1,
@@ -96,20 +100,38 @@ def ordered_rows(args: TrainBenchmark, train_file: str) -> list[dict[str, str]]:
 
 
 def run_ours(args: TrainBenchmark, train_file: str, layers: str = "scanned") -> dict:
-    """In a child: our `train` for `steps` steps; step times from its per-step log."""
+    """In a child: our `train` for `steps` steps, twice with one `TrainSteps`: the first pass compiles a program
+    per batch shape (the collator pads to length buckets), the second runs them all compiled. Step times from
+    each pass's per-step log; losses from the second (the same as the first's: same model, same batches)."""
     import jax
 
     from embeddinggemma.train.loop import train
+    from embeddinggemma.train.step import TrainSteps
 
     jax.config.update("jax_platforms", PLATFORMS[args.device])  # before the first device is touched
-    with tempfile.TemporaryDirectory() as out:
-        train(_config(args, train_file, out, layers))
-        logged = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    steps = [row for row in logged if "loss" in row]
+    compiled, passes = TrainSteps(), []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory() as out:
+            train(_config(args, train_file, out, layers), steps=compiled)
+            logged = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        passes.append([row for row in logged if "loss" in row])
+    first, steps = passes
     return {
         "losses": [row["loss"] for row in steps],
         "step_s": [args.batch_size / row["examples_per_s"] for row in steps],
+        "first_pass_step_s": [args.batch_size / row["examples_per_s"] for row in first],
     }
+
+
+def run_profile(args: TrainBenchmark, train_file: str, layers: str = "scanned") -> dict:
+    """In a child: our train step on the first batch, under the profiler (`bench.profile`)."""
+    import jax
+
+    from embeddinggemma.bench.profile import profile_train
+
+    jax.config.update("jax_platforms", PLATFORMS[args.device])
+    with tempfile.TemporaryDirectory() as out:
+        return {"table": profile_train(_config(args, train_file, out, layers)).table()}
 
 
 def run_sentence_transformers(args: TrainBenchmark, rows: list[dict[str, str]]) -> dict:
@@ -125,7 +147,7 @@ def run_sentence_transformers(args: TrainBenchmark, rows: list[dict[str, str]]) 
 
     torch.set_num_threads(args.threads)
     device = PLATFORMS[args.device]
-    model = SentenceTransformer(args.checkpoint, device=device, model_kwargs={"dtype": getattr(torch, args.dtype)})
+    model = SentenceTransformer(args.checkpoint, device=device, model_kwargs={"dtype": torch.float32})
     model.max_seq_length = args.max_length
     if args.grad_cache:
         inner = st_losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.grad_cache)
@@ -160,6 +182,7 @@ def run_sentence_transformers(args: TrainBenchmark, rows: list[dict[str, str]]) 
             report_to="none",
             dataloader_drop_last=True,
             use_cpu=args.device == "cpu",
+            bf16=args.dtype == "bfloat16",  # autocast over float32 weights
             seed=args.seed,
             prompts={"anchor": prompts["query"], "positive": prompts["document"], "negative": prompts["document"]},
             batch_sampler=lambda dataset, **kw: DefaultBatchSampler(SequentialSampler(dataset), **kw),
@@ -191,8 +214,11 @@ def write_data(directory: Path, rows: int) -> str:
 
 
 def _summary(result: dict, batch_size: int) -> dict:
+    """Medians after the first step: of the measured pass, and of the pass that compiled (ours only)."""
     step = statistics.median(result["step_s"][1:])
-    return {**result, "median_step_s": step, "examples_per_s": batch_size / step}
+    first = result.get("first_pass_step_s")
+    compiling = statistics.median(first[1:]) if first else None
+    return {**result, "median_step_s": step, "examples_per_s": batch_size / step, "compiling_step_s": compiling}
 
 
 def run(args: TrainBenchmark, report: Callable[[str], None] = print) -> int:
@@ -202,13 +228,19 @@ def run(args: TrainBenchmark, report: Callable[[str], None] = print) -> int:
         results = {}
         if args.only != "ours":
             results["sentence-transformers"] = in_child(run_sentence_transformers, args, ordered_rows(args, train_file))
+        profiles = {}
         for layers in args.layers if args.only != "sentence-transformers" else ():
             results["ours" if layers == "scanned" else f"ours, {layers}"] = in_child(run_ours, args, train_file, layers)
+            if args.profile:
+                profiles[layers] = in_child(run_profile, args, train_file, layers)
     report(
         f"{args.steps} steps of {args.batch_size} (query, positive, negative) x <= {args.max_length} tokens, "
         f"{args.dtype}, lr {args.learning_rate}" + (f", GradCache {args.grad_cache}" if args.grad_cache else "")
     )
-    report("| side | loss at steps 1, 2, 3 | median step s | examples/s | peak RSS GiB |\n|---|---|---|---|---|")
+    report(
+        "| side | loss at steps 1, 2, 3 | median step s | examples/s | first pass: median step s | peak RSS GiB |\n"
+        "|---|---|---|---|---|---|"
+    )
     ok = {}
     for side, result in results.items():
         if "error" in result:
@@ -216,10 +248,10 @@ def run(args: TrainBenchmark, report: Callable[[str], None] = print) -> int:
             continue
         ok[side] = _summary(result, args.batch_size)
         r = ok[side]
+        compiling = "" if r["compiling_step_s"] is None else f"{r['compiling_step_s']:.2f}"
         report(
             f"| {side} | {', '.join(f'{x:.6f}' for x in r['losses'][:3])} | {r['median_step_s']:.2f} | "
-            f"{r['examples_per_s']:.2f} | "
-            f"{r['peak_rss_gib']:.2f} |"
+            f"{r['examples_per_s']:.2f} | {compiling} | {r['peak_rss_gib']:.2f} |"
         )
     ref = ok.get("sentence-transformers")
     for side, ours in ok.items():
@@ -228,4 +260,8 @@ def run(args: TrainBenchmark, report: Callable[[str], None] = print) -> int:
                 f"{side} / sentence-transformers: {ours['examples_per_s'] / ref['examples_per_s']:.2f}x examples/s; "
                 f"first-step losses differ by {abs(ours['losses'][0] - ref['losses'][0]):.2e}"
             )
-    return 0 if len(ok) == len(results) else 1
+    for layers, profile in profiles.items():
+        report(f"\nwhere our step's time goes ({layers} layers, the first batch):")
+        report(profile.get("table") or f"profile failed:\n{profile['error']}")
+    failed = any("error" in p for p in profiles.values())
+    return 0 if len(ok) == len(results) and not failed else 1

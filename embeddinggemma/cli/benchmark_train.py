@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["ours", "sentence-transformers"], help="run one side")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile our step: XLA op time by component (embedding, attention, MLP, norms, head, loss, "
+        "backward, optimizer) and idle time",
+    )
     add_layers_option(p)
     p.set_defaults(func=run)
 
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         only=args.only,
         layers=tuple(args.layers.split(",")),
+        profile=args.profile,
         **({"threads": args.threads} if args.threads else {}),
     )
     return run_benchmark(options, lambda line: print(line, flush=True))

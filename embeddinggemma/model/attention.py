@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from embeddinggemma.model import mixed
 from embeddinggemma.sharding import BATCH_AXES
 
 AttentionImpl = Literal["auto", "dense", "blocked", "dot_product", "splash", "splash_interpret"]
@@ -92,13 +93,13 @@ def dense_attention(
     b, t, n, h = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, n // kv, h)
-    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = mixed.einsum("btkgh,bskh->bkgts", qg, k) * scale
     mask = valid[:, None, None, None, :]
     if radius is not None:
         pos = jnp.arange(t)
         mask = mask & (jnp.abs(pos[:, None] - pos[None, :]) <= radius)
     probs = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
+    out = mixed.einsum("bkgts,bskh->btkgh", probs, v).astype(v.dtype)
     return out.reshape(b, t, n, h)
 
 
@@ -136,14 +137,14 @@ def blocked_attention(
     kw, vw, valid_w = windows(k), windows(v), windows(valid)
     # Logits laid out (keys W, queries C): XLA:CPU runs this batched K Q^T faster than Q K^T (same
     # FLOPs); the softmax then reduces over axis -2, and it is normalized after the PV product.
-    logits = jnp.einsum("bnckgh,bnwkh->bnkgwc", qb, kw, preferred_element_type=jnp.float32) * scale
+    logits = mixed.einsum("bnckgh,bnwkh->bnkgwc", qb, kw) * scale
     kpos = np.arange(nb)[:, None, None] * c - m * c + np.arange(width)[None, :, None]
     qpos = np.arange(nb)[:, None, None] * c + np.arange(c)[None, None, :]
     band = jnp.asarray(np.abs(qpos - kpos) <= radius)  # (nb, W, C), static
     mask = band[None, :, None, None] & valid_w[:, :, None, None, :, None]
     logits = jnp.where(mask, logits, MASK_VALUE)
     e = jnp.exp(logits - logits.max(axis=-2, keepdims=True))
-    out = jnp.einsum("bnkgwc,bnwkh->bnckgh", e.astype(v.dtype), vw, preferred_element_type=jnp.float32)
+    out = mixed.einsum("bnkgwc,bnwkh->bnckgh", e.astype(v.dtype), vw)
     denominator = jnp.moveaxis(e.sum(axis=-2), -1, 2)[..., None]  # (B, nb, K, G, C) -> (B, nb, C, K, G, 1)
     return (out / denominator).astype(v.dtype).reshape(b, t_padded, n, h)[:, :t]
 
@@ -169,10 +170,10 @@ def tiled_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, 
     mask = valid[:, None, None, :]
 
     def one(x: jax.Array) -> jax.Array:  # (B, K, C*G, H) -> same
-        logits = jnp.einsum("bkmh,bksh->bkms", x, kt, preferred_element_type=jnp.float32) * scale
+        logits = mixed.einsum("bkmh,bksh->bkms", x, kt) * scale
         logits = jnp.where(mask, logits, MASK_VALUE)
         e = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
-        out = jnp.einsum("bkms,bksh->bkmh", e.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+        out = mixed.einsum("bkms,bksh->bkmh", e.astype(v.dtype), vt)
         return (out / e.sum(axis=-1, keepdims=True)).astype(v.dtype)
 
     out = jax.lax.map(one, tiles).reshape(nb, b, kv, c, g, h).transpose(1, 0, 3, 2, 4, 5)

@@ -15,8 +15,10 @@ from typing import Literal, get_args
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 from jax.typing import DTypeLike
 
+from embeddinggemma.model import mixed
 from embeddinggemma.model.attention import IMPLEMENTATIONS, AttentionImpl, attention
 from embeddinggemma.model.config import FULL, LayerType, ModelConfig
 from embeddinggemma.model.quantized import Activations, Mode, QuantizedWeight, quantize_in_place
@@ -27,16 +29,21 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],
     return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
 
 
+MATMUL = "matmul"  # the checkpoint name of a weight matmul's output
+
+
 def matmul(spec: str, x: jax.Array, w: nnx.Param | QuantizedWeight, dtype: DTypeLike) -> jax.Array:
     """einsum of activations with a parameter cast to the compute dtype, accumulated in float32.
 
     Rounding once at the end is what PyTorch does in bfloat16 too, and it is faster: XLA:CPU runs a
-    bfloat16 x bfloat16 -> float32 dot about twice as fast as one with a bfloat16 result. A quantized
+    bfloat16 x bfloat16 -> float32 dot about twice as fast as one with a bfloat16 result. The backward
+    dots run in the compute dtype as well (`mixed.einsum`). A quantized
     weight (`embeddinggemma.model.quantized`) runs the same einsum through qwix.
     """
     if isinstance(w, QuantizedWeight):
         return w.einsum(spec, x, dtype)
-    return jnp.einsum(spec, x, w[...].astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+    out = mixed.einsum(spec, x.astype(dtype), w[...].astype(dtype)).astype(dtype)
+    return checkpoint_name(out, MATMUL)  # what remat="dots" keeps (its custom VJP hides the dot from the policy)
 
 
 class RMSNorm(nnx.Module):
@@ -47,9 +54,10 @@ class RMSNorm(nnx.Module):
         self.weight = nnx.Param(jnp.zeros((dim,), param_dtype), logical_axes=(axis_name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+        with jax.named_scope("norm"):
+            x32 = x.astype(jnp.float32)
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+            return (y * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
 
 
 def rope(x: jax.Array, theta: float) -> jax.Array:
@@ -134,11 +142,15 @@ STACKS = "blocks"  # the state key of the layer stacks: blocks/<layer type>/...,
 def checkpoint_policy(remat: RematPolicy) -> Callable | None:
     """The `jax.checkpoint` policy of a remat choice: "full" saves nothing of a block (its input only, the rest
     recomputed for the backward), "dots" saves the outputs of its matmuls (recomputing only the elementwise
-    work), "none" is no checkpointing (None)."""
+    work; the weight matmuls by name, since `mixed.einsum`'s custom VJP hides their dots), "none" is no
+    checkpointing (None)."""
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; choose from {REMAT_POLICIES}")
-    return {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
-            "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[remat]  # fmt: skip
+    policies = jax.checkpoint_policies
+    dots = policies.save_from_both_policies(
+        policies.dots_with_no_batch_dims_saveable, policies.save_only_these_names(MATMUL)
+    )
+    return {"none": None, "full": policies.nothing_saveable, "dots": dots}[remat]
 
 
 def _stack(

@@ -75,7 +75,7 @@ class TrainConfig:
     param_dtype: DTypeName = "float32"  # master weights
     compute_dtype: DTypeName = "bfloat16"
     freeze_embeddings: bool = False  # the 262144 x 768 token table (2/3 of the parameters)
-    remat: RematPolicy = "none"  # per block: "full" recomputes it all, "dots" keeps its matmuls; true = "full"
+    remat: RematPolicy = "full"  # per block: "full" recomputes it all, "dots" keeps its matmuls; true = "full"
     scan_layers: bool = True  # the blocks as a lax.scan (compiles one block of each type); false: unrolled
     attention_impl: AttentionImpl = "auto"
     mesh: str = "fsdp=-1"  # embeddinggemma.sharding.make_mesh spec

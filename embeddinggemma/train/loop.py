@@ -197,7 +197,7 @@ class Run:
                 f"checkpoint is {where} (lower the learning rate or check the data)."
             )
 
-    def _place(self, host_batch: dict[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
+    def place(self, host_batch: dict[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
         """This process's rows of a global batch placed on the mesh, and the global token count."""
         tokens = int(host_batch["q_valid"].sum() + host_batch["d_valid"].sum()) * jax.process_count()
         placed = sharding.host_local_batch(self.mesh, *host_batch.values())
@@ -209,7 +209,7 @@ class Run:
         profile = cfg.profile_steps
         # read, tokenize, pad and place on background threads, `prefetch` batches ahead of the device
         batches = self.batches.iterate(
-            self.step, self.total, prefetch=cfg.prefetch, threads=cfg.data_threads, then=self._place
+            self.step, self.total, prefetch=cfg.prefetch, threads=cfg.data_threads, then=self.place
         )
         with (
             preemption() as preempted,

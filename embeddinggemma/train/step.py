@@ -129,20 +129,43 @@ def _embed_chunked(embed: EmbedFn, params: nnx.State, ids: jax.Array, valid: jax
 
 
 def _vjp_chunked(
-    embed: EmbedFn, params: nnx.State, ids: jax.Array, valid: jax.Array, cotangent: jax.Array, chunk: int
+    embed: EmbedFn,
+    params: nnx.State,
+    ids: jax.Array,
+    valid: jax.Array,
+    cotangent: jax.Array,
+    chunk: int,
+    like: nnx.State,
 ) -> nnx.State:
-    """sum over chunks of d<embed(chunk), cotangent(chunk)>/d params, recomputing each chunk's forward."""
+    """sum over chunks of d<embed(chunk), cotangent(chunk)>/d params, recomputing each chunk's forward; summed
+    in the dtypes of `like` (the master weights: `params` may be their compute-dtype copy)."""
 
     def body(acc: nnx.State, x: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[nnx.State, None]:
         ids_c, valid_c, g_c = x
         ids_c, valid_c = (sharding.constrain(a, ("batch", "length")) for a in (ids_c, valid_c))
         _, vjp = jax.vjp(lambda p: embed(p, ids_c, valid_c), params)
-        return jax.tree.map(jnp.add, acc, vjp(g_c)[0]), None
+        return jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, vjp(g_c)[0]), None
 
     zero_padded = jnp.pad(cotangent, [(0, -cotangent.shape[0] % chunk), (0, 0)])  # padded rows: no gradient
     xs = (_to_chunks(ids, chunk), _to_chunks(valid, chunk), _to_chunks(zero_padded, chunk))
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    zeros = jax.tree.map(jnp.zeros_like, like)
     return jax.lax.scan(body, zeros, xs)[0]
+
+
+def compute_copy(cfg: TrainConfig, params: nnx.State) -> nnx.State:
+    """The trained matrices in the compute dtype, cast once per step: every forward pass and the backward
+    share this copy (as PyTorch's autocast caches its casts), instead of each use casting its float32
+    master weight again. Norm scales stay in the master dtype (they are applied in float32), as does the
+    token table (its gathered rows are cast) and, under QAT, every weight (quantized from the master)."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    if cfg.quantization is not None:
+        return params
+
+    def cast(path: tuple, x: jax.Array, matrix: bool) -> jax.Array:
+        keep = not matrix or x.dtype == dtype or any(getattr(k, "key", None) == "embed_tokens" for k in path)
+        return x if keep else x.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params, matrices(params))
 
 
 def loss_and_grads(
@@ -153,22 +176,25 @@ def loss_and_grads(
     b, k1 = batch["d_keys"].shape
 
     def loss_of(q: jax.Array, d: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return batch_loss(cfg, q, d.reshape(b, k1, -1), batch)
+        with jax.named_scope("loss"):
+            return batch_loss(cfg, q, d.reshape(b, k1, -1), batch)
 
     chunk = cfg.grad_cache_chunk
     if chunk is None or chunk >= d_ids.shape[0]:
 
         def full(p: nnx.State) -> tuple[jax.Array, dict[str, jax.Array]]:
+            p = compute_copy(cfg, p)
             return loss_of(embed(p, q_ids, q_valid), embed(p, d_ids, d_valid))
 
         (loss, terms), grads = jax.value_and_grad(full, has_aux=True)(params)
         return loss, terms, grads
 
-    q = _embed_chunked(embed, params, q_ids, q_valid, chunk)
-    d = _embed_chunked(embed, params, d_ids, d_valid, chunk)
+    copy = compute_copy(cfg, params)  # the chunks' gradients are taken with respect to it, summed in float32
+    q = _embed_chunked(embed, copy, q_ids, q_valid, chunk)
+    d = _embed_chunked(embed, copy, d_ids, d_valid, chunk)
     (loss, terms), (gq, gd) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(q, d)
-    gq_params = _vjp_chunked(embed, params, q_ids, q_valid, gq, chunk)
-    gd_params = _vjp_chunked(embed, params, d_ids, d_valid, gd, chunk)
+    gq_params = _vjp_chunked(embed, copy, q_ids, q_valid, gq, chunk, params)
+    gd_params = _vjp_chunked(embed, copy, d_ids, d_valid, gd, chunk, params)
     return loss, terms, jax.tree.map(jnp.add, gq_params, gd_params)
 
 
@@ -281,12 +307,13 @@ def build_train_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: jax.shardin
 
     def step(state: dict[str, Any], frozen: nnx.State, batch: Batch) -> tuple[dict[str, Any], dict]:
         loss, terms, grads = loss_and_grads(cfg, embed_fn(graphdef, frozen, cfg.quantization), state["params"], batch)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new = {
-            "step": state["step"] + 1,
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-        }
+        with jax.named_scope("optimizer"):
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            new = {
+                "step": state["step"] + 1,
+                "params": optax.apply_updates(state["params"], updates),
+                "opt_state": opt_state,
+            }
         metrics = {
             "loss": loss,
             **terms,
