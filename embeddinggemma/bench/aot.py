@@ -43,6 +43,7 @@ from embeddinggemma.model.flops import forward_flops
 from embeddinggemma.model.modeling import EmbeddingGemmaModule, RematPolicy
 
 V5E_BF16_FLOPS = 197e12  # per chip
+V5E_HBM_BYTES_PER_S = 819e9
 V5E_HBM_BYTES = 16 * 2**30
 
 
@@ -87,26 +88,43 @@ class Report:
     kernel_flops: float
     analytic_flops: float
     loops: bool = False  # scanned layers or GradCache's chunks: XLA's cost_analysis counts a loop body once
+    bytes_accessed: float = 0.0  # HBM bytes per chip, XLA's cost_analysis (a loop body counted once, too)
+
+    def roofline_ms(self) -> float | None:
+        """max(compute time at 197 TF/s, HBM time at 819 GB/s) from the compiled counts (None for a looping
+        program: its counts miss all but one iteration of each loop)."""
+        if self.loops:
+            return None
+        flops = self.xla_flops + self.kernel_flops
+        return 1e3 * max(flops / V5E_BF16_FLOPS, self.bytes_accessed / V5E_HBM_BYTES_PER_S)
 
     def row(self) -> str:
         """FLOPs, ideal time and ratio from the compiled count; for a looping step (scanned layers, GradCache)
-        that count misses all but one iteration, so the analytic FLOPs are shown (marked "a") and no ratio."""
+        that count misses all but one iteration, so the analytic FLOPs are shown (marked "a") and no ratio or
+        roofline. MFU bound: the analytic FLOPs' share of the roofline time at peak."""
         gib = lambda x: f"{x / 2**30:.2f}"  # noqa: E731
         compiled = self.xla_flops + self.kernel_flops
         if self.loops:
             flops, shown, ratio = self.analytic_flops, f"{self.analytic_flops:.3e} a", "n/a"
         else:
             flops, shown, ratio = compiled, f"{compiled:.3e}", f"{compiled / self.analytic_flops:.3f}"
+        roofline = self.roofline_ms()
+        if roofline is None:
+            hbm = bound = mfu = "n/a"
+        else:
+            hbm, bound = f"{self.bytes_accessed / 2**30:.1f}", f"{roofline:.1f}"
+            mfu = f"{100 * 1e3 * self.analytic_flops / V5E_BF16_FLOPS / roofline:.0f}%"
         return (
             f"| {self.name} | {self.mesh} | {self.shape} | {gib(self.argument)} | {gib(self.output)} | "
             f"{gib(self.temp)} | {gib(self.total)} | {shown} | {1e3 * flops / V5E_BF16_FLOPS:.1f} | "
-            f"{ratio} | {self.compile_s:.0f} |"
+            f"{ratio} | {hbm} | {bound} | {mfu} | {self.compile_s:.0f} |"
         )
 
 
 HEADER = (
     "| step | mesh | global shape | argument GiB | output GiB | temp GiB | total GiB | FLOPs/chip | "
-    "ideal ms @197 TF/s | compiled/analytic | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "ideal ms @197 TF/s | compiled/analytic | HBM GiB accessed | roofline ms | MFU bound | compile s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -136,6 +154,7 @@ def _report(
         kernel,
         analytic,
         loops,
+        float(cost.get("bytes accessed", 0.0)),
     )
 
 
@@ -289,9 +308,11 @@ def compile_steps(
     remat: RematPolicy = "full",
     grad_cache: int | None = None,
     quantization: quantized.Mode | None = None,
+    scan_layers: bool = True,
 ) -> Iterator[Report]:
     """Each requested step of google/embeddinggemma-300m compiled for `devices` (see `tpu_devices`), its report
-    as soon as it is compiled. Meshes default to `default_mesh`."""
+    as soon as it is compiled. Meshes default to `default_mesh`. `scan_layers=False`: the unrolled program,
+    whose FLOP and byte counts are complete (the roofline), at several times the compile time."""
     cfg = ModelConfig.embeddinggemma_300m()
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
@@ -300,6 +321,6 @@ def compile_steps(
         spec = (encode_mesh if kind == "encode" else train_mesh) or default_mesh(kind, len(devices))
         mesh = sharding.make_mesh(spec, devices)
         if kind == "encode":
-            yield compile_encode(cfg, mesh, encode_batch, seq_len, attention, quantization)
+            yield compile_encode(cfg, mesh, encode_batch, seq_len, attention, quantization, scan_layers)
         else:
-            yield compile_train(cfg, mesh, train_batch, seq_len, attention, remat, grad_cache)
+            yield compile_train(cfg, mesh, train_batch, seq_len, attention, remat, grad_cache, scan_layers)

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-remat", action="store_true", help="keep all activations (no per-block recompute)")
     p.add_argument("--grad-cache", type=int, help="GradCache chunk: sequences embedded at once in the train step")
     p.add_argument(
+        "--layers",
+        default="scanned",
+        choices=["scanned", "unrolled"],
+        help="unrolled: complete FLOP and byte counts and the roofline (XLA counts a scanned loop's body once), "
+        "at several times the compile time (default: scanned)",
+    )
+    p.add_argument(
         "--quantization",
         choices=quantized.MODES,
         help="the encode step with int8 / int4 / mixed weights (int8 ones with int8 activations, as on TPU)",
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         remat="none" if args.no_remat else "full",
         grad_cache=args.grad_cache,
         quantization=args.quantization,
+        scan_layers=args.layers == "scanned",
     ):
         reports.append(report)
         print(report.row(), flush=True)

@@ -62,6 +62,15 @@ def test_sharded_encode_compiles_for_v5e(v5e_2x2):
     assert unrolled.argument == report.argument and not unrolled.loops
     assert unrolled.kernel_flops > 0
     assert 0.95 < (unrolled.xla_flops + unrolled.kernel_flops) / unrolled.analytic_flops < 1.15
+    # the roofline, from the unrolled program only: every parameter is read at least once, and neither the
+    # compute nor the HBM time can be beaten; a scanned program's counts miss its loop's iterations
+    assert unrolled.bytes_accessed >= unrolled.argument
+    roofline = unrolled.roofline_ms()
+    assert roofline >= 1e3 * unrolled.analytic_flops / aot.V5E_BF16_FLOPS
+    assert roofline >= 1e3 * unrolled.argument / aot.V5E_HBM_BYTES_PER_S
+    mfu = float(unrolled.row().split("|")[13].strip().removesuffix("%"))
+    assert 0 < mfu <= 100
+    assert report.roofline_ms() is None and report.row().split("|")[11:14] == [" n/a "] * 3
 
 
 def test_grad_cache_train_step_compiles_in_less_memory(v5e_2x2):
