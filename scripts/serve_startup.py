@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import jax
-
 from embeddinggemma import EmbeddingGemma
 from embeddinggemma.encode.compilation import enable_compilation_cache
-from embeddinggemma.serve.batcher import Batcher, platform_batching
+from embeddinggemma.serve.server import ServerConfig, make_batcher
 
 
 def main() -> None:
@@ -28,10 +26,7 @@ def main() -> None:
     start = time.perf_counter()
     model = EmbeddingGemma.from_pretrained(args.model)
     loaded = time.perf_counter() - start
-    budget, row_step = platform_batching(jax.devices()[0].platform)
-    batcher = Batcher(
-        model, max_batch_tokens=budget, row_step=row_step, max_length=args.max_input_tokens, warmup_threads=args.threads
-    )
+    batcher = make_batcher(model, ServerConfig(max_input_tokens=args.max_input_tokens, warmup_threads=args.threads))
     batcher.start()
     while batcher.state == "warming":
         time.sleep(0.05)

@@ -31,7 +31,8 @@ HEAVIEST = 12
 
 @dataclasses.dataclass(frozen=True)
 class StepProfile:
-    """Per-step seconds: `ops[(component, "forward" | "backward")]`, the median wall time, and idle time."""
+    """Per-step seconds: `ops[(component, "forward" | "backward" | "update")]`, the median wall time, and idle
+    time."""
 
     ops: dict[tuple[str, str], float]
     wall_s: float
@@ -44,11 +45,11 @@ class StepProfile:
         by_name: dict[str, dict[str, float]] = defaultdict(dict)
         for (name, direction), seconds in self.ops.items():
             by_name[name][direction] = seconds
+        cell = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
         lines = ["| component | forward s | backward s | total s | share of op time |", "|---|---|---|---|---|"]
         for name, parts in sorted(by_name.items(), key=lambda kv: -sum(kv[1].values())):
             both = sum(parts.values())
             fwd, bwd = parts.get("forward"), parts.get("backward")
-            cell = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
             lines.append(f"| {name} | {cell(fwd)} | {cell(bwd)} | {both:.3f} | {100 * both / total:.1f}% |")
         lines.append(
             f"\nper step: wall {self.wall_s:.2f} s; op time {total:.2f} s (summed over threads); "
@@ -104,9 +105,9 @@ def _union(intervals: list[tuple[int, int]]) -> int:
     return busy
 
 
-def profile_compiled(compiled: Any, args: tuple, *, steps: int = 3, carry: bool = True) -> StepProfile:
-    """Run `compiled(*args)` `steps` times under the profiler (after one untraced run); with `carry`, each
-    call's first output is the next call's first argument (a train step's donated state)."""
+def profile_compiled(compiled: Any, args: tuple, *, steps: int = 3) -> StepProfile:
+    """Run the compiled train step `compiled(state, *rest)` `steps` times under the profiler (after one untraced
+    run), each call's new state (its donated first argument) going into the next."""
     hlo = compiled.as_text()
     names = hlo_ops(hlo)
     module = hlo.split("\n", 1)[0].split()[1].rstrip(",")  # "HloModule jit_step, ..."
@@ -114,7 +115,7 @@ def profile_compiled(compiled: Any, args: tuple, *, steps: int = 3, carry: bool 
     def call(args: tuple) -> tuple:
         out = compiled(*args)
         jax.block_until_ready(out)
-        return (out[0], *args[1:]) if carry else args
+        return (out[0], *args[1:])
 
     args = call(args)
     walls = []
@@ -154,19 +155,19 @@ def profile_compiled(compiled: Any, args: tuple, *, steps: int = 3, carry: bool 
 
 
 def profile_train(cfg: Any, *, steps: int = 3) -> StepProfile:
-    """The train step of a TrainConfig (its model, mesh and first batch), compiled and profiled."""
+    """The train step of a TrainConfig (its model, mesh and first batch), compiled and profiled; the run's
+    files (its config, an empty checkpoints directory) go to cfg.output_dir, as a run's would."""
     from embeddinggemma.checkpoint import read_config
     from embeddinggemma.train.loop import Run
     from embeddinggemma.train.outputs import OutputDir
     from embeddinggemma.train.step import TrainSteps
 
-    cfg = cfg.for_model(read_config(cfg.model))
-    with tempfile.TemporaryDirectory() as out:
-        run = Run.setup(cfg, OutputDir(out), TrainSteps(), resume=False, replace=[])
-        try:
-            batch, _ = run.place(run.batches[0])
-            with jax.set_mesh(run.mesh):
-                compiled = run.ts.fn.lower(run.state, run.frozen, batch).compile()
-                return profile_compiled(compiled, (run.state, run.frozen, batch), steps=steps)
-        finally:
-            run.ckpts.close()
+    cfg = cfg.for_model(read_config(cfg.model))  # as train() does before its Run
+    run = Run.setup(cfg, OutputDir(cfg.output_dir), TrainSteps(), resume=False, replace=[])
+    try:
+        batch, _ = run.place(run.batches[0])
+        with jax.set_mesh(run.mesh):
+            compiled = run.ts.fn.lower(run.state, run.frozen, batch).compile()
+            return profile_compiled(compiled, (run.state, run.frozen, batch), steps=steps)
+    finally:
+        run.ckpts.close()

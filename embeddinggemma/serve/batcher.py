@@ -41,6 +41,7 @@ import numpy as np
 
 from embeddinggemma.encode import batching
 from embeddinggemma.encode.encoder import EmbeddingGemma
+from embeddinggemma.errors import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class Batcher:
         self.max_queue = max_queue
         self.batch_timeout = batch_timeout
         self.on_batch = on_batch
-        self.warmup_threads = warmup_threads
+        self.warmup_threads = check_int(warmup_threads, "warmup_threads")
         self.warmup_seconds: float | None = None
         self.error: BaseException | None = None  # why warm-up failed
         self._queues: dict[int, deque[_Text]] = {b: deque() for b in buckets}

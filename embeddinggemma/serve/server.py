@@ -16,9 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embeddinggemma.encode.encoder import EmbeddingGemma
+
+if TYPE_CHECKING:
+    from embeddinggemma.serve.batcher import Batcher
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,25 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def make_batcher(model: EmbeddingGemma, config: ServerConfig) -> Batcher:
+    """The server's `Batcher` for `model`: batch sizes from `config`, else the platform's defaults."""
+    import jax
+
+    from embeddinggemma.serve.batcher import Batcher, platform_batching
+
+    budget, row_step = platform_batching(jax.devices()[0].platform)
+    return Batcher(
+        model,
+        max_batch_tokens=config.max_batch_tokens or budget,
+        row_step=row_step,
+        max_batch_size=config.max_batch_size,
+        max_queue=config.max_queue,
+        batch_timeout=config.batch_timeout_ms / 1000,
+        max_length=config.max_input_tokens,
+        warmup_threads=config.warmup_threads,
+    )
+
+
 def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfig) -> None:
     """Listen, load the model (`load()`), warm up (health 503 until done), serve until SIGTERM / Ctrl-C.
     `model_id` names the checkpoint in the logs and gives the default served name."""
@@ -90,7 +112,6 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
 
     from embeddinggemma.serve.api import Limits
     from embeddinggemma.serve.app import ServeOptions, create_app
-    from embeddinggemma.serve.batcher import Batcher, platform_batching
 
     sock = listen(config.host, config.port)
     start = time.perf_counter()
@@ -101,17 +122,7 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
     if config.max_input_tokens is not None and not 3 <= config.max_input_tokens <= max_length:
         raise ValueError(f"max_input_tokens must be in 3..{max_length} (this model's max_seq_length)")
     platform = jax.devices()[0].platform
-    budget, row_step = platform_batching(platform)
-    batcher = Batcher(
-        model,
-        max_batch_tokens=config.max_batch_tokens or budget,
-        row_step=row_step,
-        max_batch_size=config.max_batch_size,
-        max_queue=config.max_queue,
-        batch_timeout=config.batch_timeout_ms / 1000,
-        max_length=config.max_input_tokens,
-        warmup_threads=config.warmup_threads,
-    )
+    batcher = make_batcher(model, config)
     limits = Limits(config.max_inputs, config.max_request_bytes, config.max_input_tokens)
     options = ServeOptions(config.served_model_name or default_served_name(model_id), limits, config.api_key)
     app = create_app(model, batcher, options)

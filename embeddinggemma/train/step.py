@@ -162,7 +162,7 @@ def compute_copy(cfg: TrainConfig, params: nnx.State) -> nnx.State:
         return params
 
     def cast(path: tuple, x: jax.Array, matrix: bool) -> jax.Array:
-        keep = not matrix or x.dtype == dtype or any(getattr(k, "key", None) == "embed_tokens" for k in path)
+        keep = not matrix or x.dtype == dtype or _has_key(path, "embed_tokens")
         return x if keep else x.astype(dtype)
 
     return jax.tree_util.tree_map_with_path(cast, params, matrices(params))
@@ -209,12 +209,17 @@ def learning_rate_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
+def _has_key(path: tuple, key: str) -> bool:
+    """Whether a pytree key path (of an nnx.State) passes through `key`."""
+    return any(getattr(k, "key", None) == key for k in path)
+
+
 def matrices(params: nnx.State) -> Any:
     """True for the parameters weight decay applies to: matrices, not norm scales, by a parameter's own rank
     (a layer stack's leading axis not counted)."""
 
     def matrix(path: tuple, x: jax.Array) -> bool:
-        return x.ndim - any(getattr(k, "key", None) == STACKS for k in path) >= 2
+        return x.ndim - _has_key(path, STACKS) >= 2
 
     return jax.tree_util.tree_map_with_path(matrix, params)
 

@@ -212,6 +212,9 @@ COMMAND_MISTAKES = {
     "verify without a model": (["verify", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
     "benchmark without a model": (["benchmark", "--model", "{root}/nope"], 1, "no such checkpoint directory"),
     "convert onto its source": (["convert", "{tiny}", "{tiny}"], 1, "already exists; choose a new output directory"),
+    "no warm-up threads": (["serve", "--warmup-threads", "0"], 2, "--warmup-threads: expected a positive integer"),
+    "unknown aot layout": (["aot", "--layers", "diagonal"], 2, "--layers: invalid choice: 'diagonal'"),
+    "profile without a model": (["benchmark-train", "--profile", "--model", "{root}/nope"], 1, "no such checkpoint"),
 }
 
 

@@ -450,6 +450,13 @@ def test_no_request_compiles_after_the_warm_up(tiny_model: EmbeddingGemma) -> No
     np.testing.assert_allclose(np.stack([v[0] for v in alone]), expected[::7], atol=1e-6)
 
 
+def test_warmup_threads_must_be_a_positive_int(tiny_model: EmbeddingGemma) -> None:
+    with pytest.raises(ValueError, match="warmup_threads must be a positive int, got 0"):
+        Batcher(tiny_model, max_batch_tokens=512, warmup_threads=0)
+    with pytest.raises(TypeError, match="warmup_threads must be an int, got float"):
+        Batcher(tiny_model, max_batch_tokens=512, warmup_threads=2.0)
+
+
 def test_a_shape_that_fails_fails_the_warm_up_and_compiles_nothing_more(tiny_model: EmbeddingGemma) -> None:
     """A warm-up batch that raises (a shape too large for the device) fails the batcher with that error, and
     the shapes not yet started are not run: the server exits instead of warming up for nothing."""
