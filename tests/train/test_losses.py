@@ -78,7 +78,7 @@ def test_matryoshka_infonce_loss_and_grads_match_sentence_transformers(tiny_dir,
     print(f"loss |ours - ST| = {abs(float(loss) - ref_loss):.2e}; worst per-tensor gradient rel. error {worst:.2e}")
 
 
-def test_matryoshka_loss_function_matches_sentence_transformers(tiny_dir, tiny_st):
+def test_matryoshka_loss_function_matches_sentence_transformers(tiny_dir, tiny_st, monkeypatch):
     """ST's MatryoshkaLoss(MNRL) and ours on the *same* embeddings (our model's), within 1e-5."""
     cfg = tiny_config()
     graphdef, frozen, params = tiny_params(tiny_dir, cfg)
@@ -89,17 +89,14 @@ def test_matryoshka_loss_function_matches_sentence_transformers(tiny_dir, tiny_s
     d = embed(params, batch["d_ids"].reshape(b * k1, t), batch["d_valid"].reshape(b * k1, t)).reshape(b, k1, -1)
     ours = float(step.batch_loss(cfg, q, d, batch)[0])
 
-    class Fixed(torch.nn.Module):  # stands in for the model: returns our embeddings column by column
-        def __init__(self):
-            super().__init__()
-            self.columns = [np.asarray(q), *np.swapaxes(np.asarray(d), 0, 1)]
-
-        def forward(self, features):
-            return {"sentence_embedding": torch.from_numpy(self.columns[features["column"]].copy())}
-
-    fixed = Fixed()
-    fixed.get_embedding_dimension = lambda: TINY_DIMS[0]
-    loss = MatryoshkaLoss(fixed, MultipleNegativesRankingLoss(fixed), list(TINY_DIMS))
+    # ST's own model, whose forward returns our embeddings column by column: the loss sees a real
+    # SentenceTransformer (its dimension, its hooks) and exactly our vectors.
+    columns = [np.asarray(q), *np.swapaxes(np.asarray(d), 0, 1)]
+    monkeypatch.setattr(
+        tiny_st, "forward", lambda features: {"sentence_embedding": torch.from_numpy(columns[features["column"]].copy())}
+    )
+    assert tiny_st.get_embedding_dimension() == TINY_DIMS[0]
+    loss = MatryoshkaLoss(tiny_st, MultipleNegativesRankingLoss(tiny_st), list(TINY_DIMS))
     ref = float(loss([{"column": c} for c in range(k1 + 1)], None))
     assert abs(ours - ref) <= LOSS_TOL, (ours, ref)
 
