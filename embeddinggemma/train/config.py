@@ -104,6 +104,9 @@ class TrainConfig:
                 object.__setattr__(self, field.name, value)
             if not _matches(value, hints[field.name]):
                 raise ValueError(f"{field.name} must be {_describe(hints[field.name])}, got {value!r}")
+        for key in ("model", "train_file", "output_dir", "eval_file"):  # "" would mean the working directory
+            if getattr(self, key) is not None and not getattr(self, key).strip():
+                raise ValueError(f"{key} must be a path, got {getattr(self, key)!r}")
         positive = ("global_batch_size", "epochs", "learning_rate", "scale", "save_every", "keep_checkpoints")
         positive += ("eval_batch_size", "log_every", "data_threads", "adam_eps")
         for key in positive:

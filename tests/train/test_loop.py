@@ -254,6 +254,8 @@ BAD_CONFIG_VALUES = {
     "matryoshka_dims": ([64, 64], "matryoshka_dims must be distinct positive widths"),
     "remat": (1, "remat must be one of 'none', 'full', 'dots', got 1"),
     "adam_b1": (-0.1, r"adam_b1 must be in \[0, 1\)"),
+    "output_dir": ("", "output_dir must be a path, got ''"),  # not the working directory
+    "train_file": (" ", "train_file must be a path, got ' '"),
 }
 
 
