@@ -32,7 +32,7 @@ from jax.typing import DTypeLike
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from embeddinggemma.errors import CheckpointError
+from embeddinggemma.errors import CheckpointError, parse_json
 from embeddinggemma.files import atomic_dir
 from embeddinggemma.model.config import ModelConfig
 from embeddinggemma.model.modeling import STACKS, EmbeddingGemmaModule
@@ -320,10 +320,7 @@ def check_metadata(metadata: Path) -> None:
     Tokenizer(metadata / "tokenizer.model", read_config(metadata))
     for name in METADATA_FILES:
         if name.endswith(".json") and (metadata / name).is_file():
-            try:
-                json.loads((metadata / name).read_bytes())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{metadata / name}: invalid JSON ({e})") from e
+            parse_json((metadata / name).read_bytes(), str(metadata / name), error=CheckpointError)
 
 
 def write(state: nnx.State, metadata: str | Path, out_dir: str | Path, *, replace: bool = False) -> Path:

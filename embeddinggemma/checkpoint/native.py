@@ -25,7 +25,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from embeddinggemma.checkpoint import hf
-from embeddinggemma.errors import CheckpointError
+from embeddinggemma.errors import CheckpointError, parse_json
 from embeddinggemma.files import atomic_dir
 from embeddinggemma.model.config import ModelConfig, reading
 from embeddinggemma.model.modeling import STACKS, EmbeddingGemmaModule
@@ -41,10 +41,7 @@ def is_native(path: str | Path) -> bool:
 
 def read_config(root: Path) -> ModelConfig:
     file = Path(root) / MARKER
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: invalid JSON ({e})") from e
+    meta = parse_json(file.read_bytes(), str(file), error=CheckpointError)
     with reading(file):
         if meta.get("format_version") not in (1, FORMAT_VERSION):
             raise CheckpointError(f"{file}: unsupported native format version {meta.get('format_version')}")

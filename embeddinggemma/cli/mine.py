@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from embeddinggemma.cli.common import add_cache_args, add_model_args, load_model, positive_int, subparser
 from embeddinggemma.encode.prompts import Prompts
+from embeddinggemma.errors import parse_json
 from embeddinggemma.eval import mining
 from embeddinggemma.train.sources import Columns, examples, open_rows
 
@@ -58,10 +58,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     options.window(1)  # bad options fail before anything is read
-    try:
-        columns = Columns.from_config(json.loads(args.columns)) if args.columns else None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--columns {args.columns!r}: not JSON ({e.msg})") from None
+    columns = Columns.from_config(parse_json(args.columns, "--columns")) if args.columns else None
     inputs = [args.input] if Path(args.input).exists() else []
     pairs = list(examples(open_rows(args.input, columns)))
     job = mining.MineJob(

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from embeddinggemma.cli.common import add_cache_args, subparser
+from embeddinggemma.errors import InputError, parse_json
 from embeddinggemma.train.config import TrainConfig
 from embeddinggemma.train.loop import train
 
@@ -18,8 +19,8 @@ def override(item: str) -> tuple[str, object]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
+        return key, parse_json(value)
+    except InputError:
         return key, value
 
 

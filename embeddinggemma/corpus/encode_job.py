@@ -40,7 +40,7 @@ from embeddinggemma.encode.precision import (
     quantization_ranges,
     quantize_embeddings,
 )
-from embeddinggemma.errors import InputError, check_int
+from embeddinggemma.errors import InputError, check_int, parse_json
 from embeddinggemma.files import check_outputs, write_atomic
 
 MANIFEST = "manifest.json"
@@ -64,7 +64,7 @@ def check_manifest(file: Path, manifest: dict[str, Any], defaults: dict[str, Any
     """
     work = file.parent
     if file.is_file():
-        old = {**(defaults or {}), **json.loads(file.read_text())}
+        old = {**(defaults or {}), **parse_json(file.read_bytes(), str(file))}
         changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
         if changed:
             what = ", ".join(_change(old, manifest, key) for key in changed)

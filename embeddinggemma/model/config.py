@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
-from embeddinggemma.errors import CheckpointError
+from embeddinggemma.errors import CheckpointError, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -243,10 +242,7 @@ def _read_json(path: Path, kind: type = dict) -> Any:
     """A JSON file's content, which must be a `kind` (an object, or modules.json's list)."""
     if not path.is_file():
         raise CheckpointError(f"missing file {path}")
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    content = parse_json(path.read_bytes(), str(path), error=CheckpointError)
     if not isinstance(content, kind):
         raise CheckpointError(f"{path}: expected a JSON {'object' if kind is dict else 'list'}, got {content!r:.60}")
     return content

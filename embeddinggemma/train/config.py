@@ -9,7 +9,6 @@ error, not a silent no-op. The configs in the repository's configs/ ship inside 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from embeddinggemma.encode.prompts import TITLE_PROMPT
+from embeddinggemma.errors import InputError, parse_json
 from embeddinggemma.model.attention import AttentionImpl
 from embeddinggemma.model.config import DTypeName, ModelConfig
 from embeddinggemma.model.modeling import RematPolicy
@@ -162,10 +162,10 @@ class TrainConfig:
         """Read a JSON config, a file or the name of a bundled one (`bundled_configs()`); relative
         data/model paths in it stay relative to the working directory."""
         file = config_file(path)
-        try:
-            return cls.from_dict({**json.loads(file.read_text(encoding="utf-8")), **overrides})
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file}: invalid JSON ({e})") from e
+        content = parse_json(file.read_bytes(), str(file))
+        if not isinstance(content, dict):
+            raise InputError(f"{file}: expected a JSON object, got {type(content).__name__}")
+        return cls.from_dict({**content, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

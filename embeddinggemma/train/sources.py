@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from embeddinggemma import files
-from embeddinggemma.errors import DataError
+from embeddinggemma.errors import DataError, parse_json
 from embeddinggemma.model.tokenizer import text_error
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class JsonlRows:
                     if self.columns is None:  # the first valid line's fields name the columns
                         self.columns = Columns.infer(list(obj), f"{self.name}:{lineno}")
                     self._example(obj)
-                except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                except ValueError as e:  # parse_json's InputError too: bad JSON, UTF-8 or nesting
                     _malformed(self.name, str(lineno), str(e), skip_malformed)
                     skipped += 1
                     continue
@@ -182,7 +182,7 @@ class JsonlRows:
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
-    obj = json.loads(raw.decode("utf-8"))
+    obj = parse_json(raw)
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     return obj

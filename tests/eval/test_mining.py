@@ -140,7 +140,9 @@ def test_cli_mistakes_are_one_line_before_the_model_loads(tmp_path: Path, capsys
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"query": "q", "positive": "p"}\n')
     assert cli.main(["mine", "-i", str(pairs), "-o", str(tmp_path / "out.jsonl"), "--columns", "{bad"]) == 1
-    assert "--columns '{bad': not JSON" in capsys.readouterr().err
+    assert "--columns: invalid JSON (Expecting property name enclosed in double quotes at column 2)" in (
+        capsys.readouterr().err
+    )
     assert cli.main(["mine", "-i", str(pairs), "-o", str(pairs)]) == 1
     assert "is also an input; writing it would destroy the input" in capsys.readouterr().err
     assert pairs.read_text() == '{"query": "q", "positive": "p"}\n'
