@@ -85,7 +85,7 @@ def check_new_dir(dest: str | Path) -> None:
 
 def _same(a: Path, b: Path) -> bool:
     """Whether two paths name the same file (through symlinks and hard links too)."""
-    if a.resolve() == b.resolve():
+    if os.path.realpath(a) == os.path.realpath(b):  # realpath, unlike resolve(), never raises on a loop
         return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -110,12 +110,20 @@ def check_outputs(
         for other, path in given.items():
             if other < name and _same(out, path):
                 raise OutputError(f"{other} and {name} are the same file ({out})")
+        if os.path.lexists(out) and not out.exists():  # exists() follows links: a broken link or a loop
+            raise OutputError(
+                f"{name} {out} is a symbolic link to nothing (broken, or a loop); remove it or choose another path"
+            )
         if out.is_dir():
             raise OutputError(f"{name} {out} is a directory; give a file name such as {out / 'out.npy'}")
         if out.exists() and not overwrite:
             raise OutputError(f"{name} {out} already exists; pass --overwrite to replace it")
         ancestor = out.parent  # the directory will be created when written: its nearest existing ancestor
         while not ancestor.exists():  # must be a writable directory
+            if os.path.lexists(ancestor):
+                raise OutputError(
+                    f"cannot write {name} {out}: {ancestor} is a symbolic link to nothing (broken, or a loop)"
+                )
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise OutputError(f"cannot write {name} {out}: {ancestor} is not a directory")

@@ -115,6 +115,16 @@ def read_records(path: str | Path, *, text_field: str = "text") -> list[Record]:
     return records
 
 
+def _why_not_npy(path: Path, error: Exception) -> str:
+    """numpy takes any file without the .npy magic string for a pickle: say what the file is instead."""
+    magic = np.lib.format.MAGIC_PREFIX
+    with open(path, "rb") as f:
+        head = f.read(len(magic))
+    if head == magic:
+        return str(error)  # a .npy whose header or data is bad (e.g. truncated: the mmap is longer than the file)
+    return "the file is empty" if not head else "it does not start with the .npy magic string"
+
+
 def load_embeddings(path: str | Path, *, rows: int | None = None, precision: Precision = "float32") -> np.ndarray:
     """A 2-D .npy written by `encode` (memory-mapped): float, or of `precision`'s dtype; optionally checked
     against a row count."""
@@ -123,8 +133,8 @@ def load_embeddings(path: str | Path, *, rows: int | None = None, precision: Pre
         raise InputError(f"{path}: no such file")
     try:
         emb = np.load(path, mmap_mode="r")
-    except ValueError as e:
-        raise InputError(f"{path}: not a .npy array file ({e})") from e
+    except (ValueError, EOFError) as e:  # EOFError: numpy's word for a 0-byte file
+        raise InputError(f"{path}: not a .npy array file ({_why_not_npy(path, e)})") from e
     expected = "float" if precision == "float32" else f"{output_dtype(precision)} ({precision})"
     ok = emb.dtype.kind == "f" if precision == "float32" else emb.dtype == output_dtype(precision)
     if emb.ndim != 2 or not ok or len(emb) == 0:
