@@ -17,6 +17,11 @@ from embeddinggemma.checkpoint.native import first_line, quiet_orbax
 from embeddinggemma.errors import CheckpointError
 
 
+def saved_steps(directory: str) -> list[int]:
+    """The finished checkpoints' steps in `directory` (a path or URL), without opening a manager on it."""
+    return ocp.utils.checkpoint_steps(epath.Path(directory))
+
+
 class RunCheckpoints:
     def __init__(self, directory: str, keep: int):
         """`directory`: an absolute local path or a gs:// URL."""

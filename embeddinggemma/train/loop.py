@@ -9,7 +9,9 @@ Outputs under `output_dir` (a local directory or a gs:// URL: see outputs.py):
   tensorboard/        the same scalars, when tensorboard is installed
   profile/            a JAX profiler trace of `profile_steps`, when set
 A run never deletes what an earlier run left: a fresh run refuses an output_dir holding one (unless
-`overwrite`), and the export of a resumed run replaces an existing one only with `overwrite`.
+`overwrite`), and the export of a resumed run replaces an existing one only with `overwrite`. A run that
+fails before saving a checkpoint removes what it wrote, so the rerun is not refused. Every training row is
+checked before the model loads.
 The host does not wait for the device between steps: losses are fetched at log, save and eval steps,
 where a non-finite one stops the run before anything is saved from it. SIGTERM (a preempted TPU VM)
 finishes the current step, saves a checkpoint and returns "preempted".
@@ -37,7 +39,7 @@ from embeddinggemma.errors import OutputError
 from embeddinggemma.eval import retrieval
 from embeddinggemma.model import quantized
 from embeddinggemma.model.tokenizer import Tokenizer
-from embeddinggemma.train.checkpointing import RunCheckpoints
+from embeddinggemma.train.checkpointing import RunCheckpoints, saved_steps
 from embeddinggemma.train.config import TrainConfig
 from embeddinggemma.train.data import Batches, Collator
 from embeddinggemma.train.metrics import DeviceIdle, MetricsLog
@@ -115,7 +117,11 @@ class Run:
     @classmethod
     def setup(cls, cfg: TrainConfig, out: OutputDir, steps: TrainSteps, *, resume: bool, replace: list[str]) -> Run:
         """Load the model onto the mesh, read the data, get the step from `steps`, and restore or initialize the
-        state. `replace`: an earlier run's files in output_dir to delete before this run writes (--overwrite)."""
+        state. `replace`: an earlier run's files in output_dir to delete before this run writes (--overwrite).
+        Every data row is checked first, before the model loads and anything is written."""
+        columns = Columns.from_config(cfg.columns) if cfg.columns else None
+        rows = open_rows(cfg.train_file, columns, skip_malformed=cfg.skip_malformed)
+        evalset = _evalset(cfg.eval_file, columns) if cfg.eval_file else None
         mesh = sharding.make_mesh(cfg.mesh)
         ckpt = checkpoint.load(cfg.model, dtype=cfg.param_dtype, mesh=mesh, purpose="train")
         module = training_module(cfg, ckpt.config)
@@ -133,10 +139,7 @@ class Run:
             mask_false_negatives=cfg.mask_false_negatives,
             exchange=f"run-{sharding.shared_token()}",
         )
-        columns = Columns.from_config(cfg.columns) if cfg.columns else None
-        rows = open_rows(cfg.train_file, columns, skip_malformed=cfg.skip_malformed)
         batches = Batches(rows, collator, cfg.global_batch_size, cfg.seed)
-        evalset = _evalset(cfg.eval_file, columns) if cfg.eval_file else None
         total = _total_steps(cfg, batches.steps_per_epoch)
         ts = steps.get(cfg, ckpt.config, mesh, total)
 
@@ -292,15 +295,36 @@ def train(
     out = OutputDir(cfg.output_dir)
     try:
         replace = check_output_dir(cfg, out, resume=resume, overwrite=overwrite)
+        earlier = set() if overwrite else {name for name in RUN_FILES if out.exists(name)}
         cfg = cfg.for_model(checkpoint.read_config(cfg.model))
         sharding.sync_processes("output_dir checked")  # before any process writes into it
-        run = Run.setup(cfg, out, steps or TrainSteps(), resume=resume, replace=replace if not resume else [])
         try:
-            result = {"eval_start": run.evaluate()} if run.step == 0 else {}
-            status = run.loop()
-            return result | run.finish(status)
-        finally:
-            run.ckpts.wait()
-            run.ckpts.close()
+            run = Run.setup(cfg, out, steps or TrainSteps(), resume=resume, replace=replace if not resume else [])
+            try:
+                result = {"eval_start": run.evaluate()} if run.step == 0 else {}
+                status = run.loop()
+                return result | run.finish(status)
+            finally:
+                run.ckpts.wait()
+                run.ckpts.close()
+        except BaseException:
+            discard_unsaved(out, keep=earlier)
+            raise
     finally:
         out.close()
+
+
+def discard_unsaved(out: OutputDir, *, keep: set[str]) -> None:
+    """After a failure before any checkpoint was saved, remove what the run wrote (but `keep`, an earlier
+    run's files): otherwise its train_config.json and metrics.jsonl would refuse the rerun that fixes it."""
+    if jax.process_index() != 0 or (out.exists("checkpoints") and saved_steps(out.checkpoints())):
+        return
+    written = [name for name in RUN_FILES if name not in keep and name != "export" and out.exists(name)]
+    try:
+        for name in written:
+            out.remove(name)
+    except OSError as e:  # the failure being raised is the one to report
+        logger.warning("could not remove %s from %s (%s)", ", ".join(written), out.spec, e)
+    else:
+        if written:
+            logger.info("removed %s from %s: the run failed before saving a checkpoint", ", ".join(written), out.spec)

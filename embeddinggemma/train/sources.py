@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -91,28 +92,37 @@ class Columns:
         return (self.query, self.positive, *self.negatives, *((self.title,) if self.title else ()))
 
     def example(self, row: dict[str, Any]) -> Example:
-        """The Example of one row (a dict); ValueError saying what is wrong with it."""
-        for key in (self.query, self.positive):
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{key!r} must be a string")
+        """The Example of one row (a dict); ValueError naming the column (and list item) that is wrong."""
         negatives: list[str] = []
         for key in self.negatives:
             value = row.get(key)
-            if isinstance(value, str):
-                negatives.append(value)
-            elif isinstance(value, list) and all(isinstance(n, str) for n in value):
-                negatives += value
+            if isinstance(value, list):
+                negatives += [_text(n, f"{key!r}[{j}]") for j, n in enumerate(value)]
             elif value is not None:
-                raise ValueError(f"{key!r} must be a string or a list of strings")
+                if not isinstance(value, str):
+                    raise ValueError(f"{key!r} must be a string or a list of strings, got {_kind(value)}")
+                negatives.append(_text(value, repr(key)))
         title = row.get(self.title) if self.title else None
-        if title is not None and not isinstance(title, str):
-            raise ValueError(f"{self.title!r} must be a string")
-        example = Example(row[self.query], row[self.positive], tuple(negatives), title)
-        for text in (example.query, example.positive, *example.negatives, *((title,) if title else ())):
-            problem = text_error(text)
-            if problem:
-                raise ValueError(problem)
-        return example
+        return Example(
+            _text(row.get(self.query), repr(self.query)),
+            _text(row.get(self.positive), repr(self.positive)),
+            tuple(negatives),
+            None if title is None else _text(title, repr(self.title)),
+        )
+
+
+def _kind(value: object) -> str:
+    """A value's type as the data calls it: null, not NoneType."""
+    return "null" if value is None else type(value).__name__
+
+
+def _text(value: object, label: str) -> str:
+    """`value` if it is a string that can be tokenized, else a ValueError naming `label` and what it holds."""
+    if not isinstance(value, str):
+        raise ValueError(f"{label} must be a string, got {_kind(value)}")
+    if problem := text_error(value):
+        raise ValueError(f"{label} is {problem}")
+    return value
 
 
 class Rows(Protocol):
@@ -189,37 +199,61 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 class ArrowRows:
-    """An Arrow table (memory-mapped) as rows, validated column by column."""
+    """An Arrow table (memory-mapped) as rows. Every row is checked up front, as a JSONL file's lines are
+    (one pass, a batch of rows in memory at a time), so a bad row fails before training writes anything.
 
-    def __init__(self, table: Any, name: str, columns: Columns | None = None, *, skip_malformed: bool = False):
+    `locate(row)`: the file and row within it of a table row, for messages (Parquet shards read as one table)."""
+
+    def __init__(
+        self,
+        table: Any,
+        name: str,
+        columns: Columns | None = None,
+        *,
+        skip_malformed: bool = False,
+        locate: Callable[[int], tuple[str, int]] | None = None,
+    ):
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         self.name = name
         self.columns = columns or Columns.infer(table.column_names, name)
         missing = [c for c in self.columns.names if c not in table.column_names]
         if missing:
             raise DataError(f"{name}: no column {missing[0]!r}; the columns are {table.column_names}")
-        bad = np.zeros(table.num_rows, bool)
-        reasons: dict[str, np.ndarray] = {}
         for key in self.columns.names:
             kind = table.schema.field(key).type
             is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
             is_list = (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_string(kind.value_type)
             if not (is_text or (is_list and key in self.columns.negatives)):
                 raise DataError(f"{name}: column {key!r} has type {kind}; expected strings")
-            if key in (self.columns.query, self.columns.positive):
-                reasons[f"{key!r} must be a string"] = nulls = pc.is_null(table.column(key)).to_numpy(False)
-                bad |= nulls
-        if bad.any():
-            first = int(np.argmax(bad))
-            reason = next(r for r, rows in reasons.items() if rows[first])
-            _malformed(name, f"row {first}", reason, skip_malformed)
-            _report_skipped(name, int(bad.sum()))
-        self.valid = np.flatnonzero(~bad) if bad.any() else None
         self.table = table.select(list(self.columns.names))
+        bad = np.zeros(table.num_rows, bool)
+        for row, problem in self._problems():
+            if not skip_malformed:
+                file, local = locate(row) if locate else (name, row)
+                _malformed(file, f"row {local}", problem, skip=False)
+            bad[row] = True
+        _report_skipped(name, int(bad.sum()))
+        self.valid = np.flatnonzero(~bad) if bad.any() else None
         if len(self) == 0:
             raise DataError(f"{name}: no examples")
+
+    def _problems(self) -> Iterator[tuple[int, str]]:
+        """(row, what is wrong) of each row `Columns.example` refuses."""
+        start = 0
+        for batch in self.table.to_batches(max_chunksize=8192):
+            try:
+                rows: list[dict[str, Any] | str] = batch.to_pylist()
+            except UnicodeDecodeError:  # a string that is not UTF-8 (Parquet writers need not check): find it
+                rows = [_decoded(batch, i) for i in range(batch.num_rows)]
+            for row, value in enumerate(rows, start):
+                try:
+                    if isinstance(value, str):
+                        raise ValueError(value)
+                    self.columns.example(value)
+                except ValueError as e:
+                    yield row, str(e)
+            start += batch.num_rows
 
     def __len__(self) -> int:
         return self.table.num_rows if self.valid is None else len(self.valid)
@@ -227,6 +261,17 @@ class ArrowRows:
     def __getitem__(self, index: int) -> Example:
         row = int(index if self.valid is None else self.valid[index])
         return self.columns.example(self.table.slice(row, 1).to_pylist()[0])
+
+
+def _decoded(batch: Any, i: int) -> dict[str, Any] | str:
+    """Row `i` of a record batch as a dict, or which column holds bytes that are not UTF-8."""
+    row = {}
+    for key in batch.schema.names:
+        try:
+            row[key] = batch.column(key)[i].as_py()
+        except UnicodeDecodeError as e:
+            return f"{key!r} is not valid UTF-8 (byte {e.start} of its text)"
+    return row
 
 
 def cache_dir() -> Path:
@@ -277,6 +322,19 @@ def _parquet_table(fs: Any, paths: list[str], name: str) -> Any:
     except (OSError, pa.ArrowInvalid) as e:
         raise DataError(f"{name}: cannot read Parquet ({e})") from e
     return pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
+
+
+def _parquet_row(fs: Any, paths: list[str], row: int) -> tuple[str, int]:
+    """The file, and row within it, of a row of Parquet files read as one table (from their footers)."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        if row < rows:
+            return path, row
+        row -= rows
+    raise IndexError(f"row {row} is past the end of {paths}")
 
 
 def _dataset_table(spec: str) -> tuple[Any, str]:
@@ -348,7 +406,8 @@ def open_rows(spec: str | Path, columns: Columns | None = None, *, skip_malforme
         raise DataError(f"{spec}: no such file, or not JSONL, Parquet, a saved dataset or a Hub dataset id")
     if not all(f.lower().endswith(".parquet") for f in files):
         raise DataError(f"{spec}: not a JSONL or Parquet file, a saved dataset, or a Hub dataset id")
-    return ArrowRows(_parquet_table(fs, files, spec), spec, columns, skip_malformed=skip_malformed)
+    locate = functools.partial(_parquet_row, fs, files)
+    return ArrowRows(_parquet_table(fs, files, spec), spec, columns, skip_malformed=skip_malformed, locate=locate)
 
 
 def examples(rows: Rows) -> Iterator[Example]:

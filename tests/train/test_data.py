@@ -152,6 +152,75 @@ def test_malformed_rows_are_named_or_skipped(tmp_path: Path) -> None:
         open_rows(tmp_path / "notes.txt")
 
 
+def _not_utf8(*values: bytes) -> pa.Array:
+    """A string column holding these bytes unchecked, as a Parquet writer of another tool may store them."""
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+BAD_PARQUET_ROWS = {  # columns -> the message naming row 1 (0-based) and the column
+    "null inside the negatives list": (
+        {"query": ["q0", "q1", "q2"], "positive": ["p0", "p1", "p2"], "negatives": [["n"], ["n", None], ["n"]]},
+        "row 1: malformed example: 'negatives'[1] must be a string, got null",
+    ),
+    "bytes that are not UTF-8": (
+        {"query": ["q0", "q1", "q2"], "positive": _not_utf8(b"p0", b"caf\xe9", b"p2")},
+        "row 1: malformed example: 'positive' is not valid UTF-8 (byte 3 of its text)",
+    ),
+    "not UTF-8 inside a negatives list": (
+        {
+            "anchor": ["q0", "q1", "q2"],
+            "positive": ["p0", "p1", "p2"],
+            "negative": pa.ListArray.from_arrays([0, 1, 2, 3], _not_utf8(b"n", b"\xff", b"n")),
+        },
+        "row 1: malformed example: 'negative' is not valid UTF-8 (byte 0 of its text)",
+    ),
+    "null query": (
+        {"query": ["q0", None, "q2"], "positive": ["p0", "p1", "p2"]},
+        "row 1: malformed example: 'query' must be a string, got null",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PARQUET_ROWS)
+def test_parquet_rows_are_all_checked_up_front(case: str, tmp_path: Path) -> None:
+    """Every row is checked when the input opens, as JSONL lines are: the error names the file, row and column
+    (a row of the second shard is named in that shard), or skip_malformed skips and counts it."""
+    columns, message = BAD_PARQUET_ROWS[case]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pa.table(columns).slice(0, 1), shards / "part-0.parquet")  # a good row, the same schema
+    bad = _parquet(shards / "part-1.parquet", **columns)
+    for spec, where in ((bad, bad), (str(shards), bad), (f"{shards}/*.parquet", bad)):
+        with pytest.raises(DataError) as raised:
+            open_rows(spec)
+        assert str(raised.value) == f"{where}:{message}"
+    rows = open_rows(bad, skip_malformed=True)
+    assert [rows[i].query for i in range(len(rows))] == ["q0", "q2"]
+
+
+def test_saved_datasets_rows_are_checked_up_front(tmp_path: Path) -> None:
+    import datasets
+
+    table = pa.table({"query": ["q0", "q1"], "positive": ["p0", "p1"], "negatives": [["n"], [None]]})
+    datasets.Dataset(table).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataError, match=r"saved:row 1: malformed example: 'negatives'\[0\] must be a string, got null"):
+        open_rows(tmp_path / "saved")
+
+
+def test_bad_training_data_is_refused_before_the_model_loads_or_anything_is_written(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows are read first: a bad row fails before the weights load and writes nothing."""
+    from embeddinggemma.train import loop
+
+    monkeypatch.setattr(loop.checkpoint, "load", lambda *a, **k: pytest.fail("the weights loaded first"))
+    bad = _parquet(tmp_path / "train.parquet", query=["q0", "q1"], positive=["p0", "p1"], negatives=[["n"], [None]])
+    cfg = TrainConfig(model=str(tiny_dir), train_file=bad, output_dir=str(tmp_path / "run"))
+    with pytest.raises(DataError, match=r"train\.parquet:row 1: malformed example: 'negatives'\[0\]"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 PEAK_ANON = textwrap.dedent(
     """
     import sys, threading, time

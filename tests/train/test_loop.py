@@ -147,7 +147,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
     assert len(open_rows(path, skip_malformed=True)) == 1
     surrogate = tmp_path / "surrogate.jsonl"  # JSON can escape a lone surrogate; it cannot be tokenized
     surrogate.write_text('{"query": "q", "positive": "p"}\n{"query": "x\\udc00", "positive": "p"}\n')
-    with pytest.raises(DataError, match=r"surrogate\.jsonl:2: malformed example: not valid Unicode: lone surrogate"):
+    with pytest.raises(DataError, match=r"surrogate\.jsonl:2: malformed example: 'query' is not valid Unicode: lone"):
         open_rows(surrogate)
 
 
@@ -225,6 +225,42 @@ def test_non_finite_loss_stops_before_saving_and_names_a_complete_checkpoint(tin
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 3; .* checkpoint is step 2 in"):
         train(cfg, steps=NaNSteps())
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["2"]
+
+
+class _DeviceLost:
+    """A train step that fails when first run (a lost device, an XLA error), before any checkpoint."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+    def __call__(self, state, frozen, batch):
+        raise RuntimeError("device lost")
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_nothing_that_refuses_the_rerun(tiny_dir, data, tmp_path):
+    """What the failed run wrote (train_config.json, checkpoints/) is removed, so the same command runs again
+    (it does not say the directory holds an earlier run); an earlier run's files there are kept."""
+
+    class FailingSteps(step.TrainSteps):
+        def get(self, *args):
+            return _DeviceLost(super().get(*args))
+
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(tiny_run_config(tiny_dir, data, out, steps=2, eval_file=None, export=False))
+    steps = FailingSteps()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="device lost"):
+            train(cfg, steps=steps)
+        assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+    out.mkdir(exist_ok=True)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier run's, resumed without a checkpoint
+    with pytest.raises(RuntimeError, match="device lost"):
+        train(cfg, resume=True, steps=steps)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
 def test_device_idle_is_the_wait_between_a_step_finishing_and_the_next_dispatch():
