@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--peak-tflops", type=float, help="the device's dense peak for the MFU figure (default: known chips)"
     )
     p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
     add_cache_args(p)
     p.set_defaults(func=run)
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         peak_tflops=args.peak_tflops,
         json_path=args.json,
+        overwrite=args.overwrite,
         report=lambda line: print(line, flush=True),
     )
     return 0 if passed else 1

@@ -295,15 +295,16 @@ def verify(
     batch_size: int = 32,
     peak_tflops: float | None = None,
     json_path: str | Path | None = None,
+    overwrite: bool = False,
     report: Callable[[str], None] = print,
 ) -> bool:
     """Encode the verification set with every requested backend (comma-separated, or "all": this platform's)
     and dtype, compare with the reference ("golden": the shipped vectors of the official checkpoint;
-    "sentence-transformers": a live SentenceTransformer), `report` the table, optionally write it as JSON;
-    whether every row passed."""
+    "sentence-transformers": a live SentenceTransformer), `report` the table, optionally write it as JSON
+    (an existing file only with `overwrite`); whether every row passed."""
     directory = locate(model)
     inputs = [p for p in directory.rglob("*") if p.is_file()] + [Path(golden)]
-    check_outputs({"--json": json_path}, inputs, overwrite=True)  # a report is replaced, an input never
+    check_outputs({"--json": json_path}, inputs, overwrite=overwrite)
     if reference == "golden":
         stored = Golden.load(Path(golden))
         hashes = weight_hashes(directory)

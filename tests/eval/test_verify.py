@@ -112,6 +112,17 @@ def test_a_report_path_equal_to_an_input_is_refused(tiny_dir, tiny_golden, tmp_p
     assert (model / "model.safetensors").read_bytes() == weights
 
 
+def test_an_existing_report_is_replaced_only_with_overwrite(tiny_dir, tiny_golden, tmp_path, capsys):
+    report = tmp_path / "report.json"
+    report.write_text("an earlier report")
+    argv = ["verify", "--model", str(tiny_dir), "--golden", str(tiny_golden), "--json", str(report)]
+    assert cli.main(argv) == 1
+    assert "already exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert report.read_text() == "an earlier report"
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert json.loads(report.read_text())["passed"] is True
+
+
 def test_live_sentence_transformers_reference_passes(tiny_dir, tmp_path, capsys):
     rc, out, report = run_verify(
         capsys, tmp_path, tiny_dir, "--reference", "sentence-transformers", "--attention", "blocked"
