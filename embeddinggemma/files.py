@@ -77,10 +77,14 @@ def atomic_dir(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
         raise
 
 
-def check_new_dir(dest: str | Path) -> None:
-    """An output directory must not exist yet: we never write into or over one a user has."""
+def check_new_dir(dest: str | Path, *, inputs: Iterable[str | Path] = ()) -> None:
+    """An output directory must not exist yet (we never write into or over one a user has), nor lie inside
+    an input directory (it would change the input, and be read as part of it next time)."""
     if Path(dest).exists():
         raise OutputError(f"{dest} already exists; choose a new output directory")
+    for src in map(Path, inputs):
+        if src.is_dir() and Path(os.path.realpath(dest)).is_relative_to(os.path.realpath(src)):
+            raise OutputError(f"{dest} is inside the input directory {src}; choose an output directory outside it")
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -101,7 +101,7 @@ def convert(src: str | Path, dst: str | Path) -> Checkpoint:
     """A sentence-transformers directory (or Hub id) -> native checkpoint, or native -> sentence-transformers.
     Parameters stay float32 (the released checkpoint's dtype), so the round trip is bit exact. Returns
     the source as loaded (its `format` says which way it went)."""
-    check_new_dir(dst)
+    check_new_dir(dst, inputs=[src])
     ckpt = load(src)
     target: Format = "native" if ckpt.format == "sentence-transformers" else "sentence-transformers"
     save(ckpt.params, ckpt.config, ckpt.metadata_dir, dst, format=target)

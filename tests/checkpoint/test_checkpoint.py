@@ -61,6 +61,18 @@ def test_export_refuses_existing_directory(tiny_model: EmbeddingGemma, tmp_path:
     assert not list((tmp_path / "out").iterdir()) and len(list(tmp_path.iterdir())) == 1  # nothing written
 
 
+@pytest.mark.parametrize("inside", ["sub", "link/sub", "a/b"])
+def test_convert_refuses_an_output_inside_its_source(tiny_dir: Path, tmp_path: Path, inside: str):
+    src = tmp_path / "src"
+    shutil.copytree(tiny_dir, src)
+    (tmp_path / "src" / "a").mkdir()
+    (src / "link").symlink_to(src)  # the same directory by another name
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    with pytest.raises(OutputError, match=f"{src / inside} is inside the input directory {src}"):
+        convert(src, src / inside)
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+
+
 def test_missing_tensor_is_named(broken: Path):
     _edit_tensors(broken / "model.safetensors", lambda t: t.pop("layers.1.mlp.up_proj.weight"))
     with pytest.raises(CheckpointError, match=r"missing tensor for layers\.1\.mlp\.up_proj"):
