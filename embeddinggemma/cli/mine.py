@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> None:
         pairs, args.output, corpus=args.corpus, inputs=inputs, text_field=args.text_field, overwrite=args.overwrite
     )
     print(f"{len(pairs):,} pairs, {len(job.queries):,} distinct queries, {len(job.candidates):,} candidates")
+    options.window(1, len(job.candidates))  # --num-negatives within the corpus, before the model loads
     model = load_model(args)
     prompts = Prompts.for_model(model.config, args.query_prompt, args.document_prompt)
     query_emb, candidate_emb = job.embed(

@@ -44,8 +44,10 @@ class MineOptions:
     sampling: Literal["top", "random"] = "top"
     seed: int = 0  # random sampling
 
-    def window(self, max_positives: int) -> int:
-        """range_max, checked: room for `num_negatives` after `range_min` (sentence-transformers' rules)."""
+    def window(self, max_positives: int, candidates: int | None = None) -> int:
+        """range_max, checked: room for `num_negatives` after `range_min` (sentence-transformers' rules), and,
+        given the number of `candidates`, as many candidates besides a query's positive (before the search
+        sizes its buffers by them)."""
         if self.num_negatives < 1:
             raise ValueError(f"num_negatives must be at least 1, got {self.num_negatives}")
         if self.range_min < 0:
@@ -65,6 +67,12 @@ class MineOptions:
                 f"cannot mine {self.num_negatives} negatives: only {range_max - self.range_min} candidates remain "
                 f"after skipping range_min={self.range_min} of range_max={range_max}"
             )
+        if candidates is not None and self.range_min + self.num_negatives > candidates - 1:
+            skipping = f" after skipping range_min={self.range_min}" if self.range_min else ""
+            raise ValueError(
+                f"cannot mine {self.num_negatives:,} negatives a row: the corpus has {candidates:,} candidates, one of "
+                f"them each query's positive, so at most {max(candidates - 1 - self.range_min, 0):,} remain{skipping}"
+            )
         return range_max
 
 
@@ -82,6 +90,7 @@ class Mined:
     skipped: dict[str, int]  # candidates dropped by each limit
     candidates: int
     short: int  # (query, positive) rows with fewer than num_negatives negatives: not written
+    none: int  # of those, rows with no negative at all
     pairs: int
 
 
@@ -107,9 +116,9 @@ def mine(
         if ci not in positives[qi]:
             positives[qi].append(ci)
             titles[qi, ci] = p.title
-    range_max = options.window(int(rows_per_query.max()))
+    range_max = options.window(int(rows_per_query.max()), len(candidates))
 
-    search = TopK(query_emb, range_max + int(rows_per_query.max()), mesh=mesh)
+    search = TopK(query_emb, min(range_max + int(rows_per_query.max()), len(candidates)), mesh=mesh)
     search.add(candidate_emb)
     rows, scores = search.result()
     scores = scores.astype(np.float64)
@@ -146,10 +155,11 @@ def mine(
         picks = np.array([sorted(rng.sample(range(n), k)) for n in options_per_query])
         rows, scores = np.take_along_axis(rows, picks, 1), np.take_along_axis(scores, picks, 1)
     rows, scores = rows[:, :k], scores[:, :k]
+    found = np.isfinite(scores).sum(axis=1)
 
     kept: list[tuple[int, int, float]] = []  # (query, positive, positive score) rows with k negatives
     for qi in range(len(queries)):
-        if np.isfinite(scores[qi]).all():
+        if found[qi] == k:
             kept += [(qi, ci, score) for ci, score in zip(positives[qi], pos_scores[qi], strict=True)]
     chosen = np.array([qi for qi, _, _ in kept], np.int64)
     pairs_total = sum(len(p) for p in positives)
@@ -164,6 +174,7 @@ def mine(
         skipped=skipped,
         candidates=total,
         short=pairs_total - len(kept),
+        none=sum(len(positives[qi]) for qi in np.flatnonzero(found == 0)),
         pairs=pairs_total,
     )
 
@@ -190,8 +201,8 @@ def summary(result: Mined, options: MineOptions) -> str:
     if result.short:
         lines.append(
             f"Could not find enough negatives ({options.num_negatives} a row) for {result.short:,} of {result.pairs:,} "
-            f"(query, positive) pairs ({result.short / result.pairs:.2%}); they are not written. Raise range_max or "
-            "relax the margins / max_score to find more."
+            f"(query, positive) pairs ({result.short / result.pairs:.2%}; {result.none:,} found none at all); they "
+            "are not written. Raise range_max or relax the margins / max_score to find more."
         )
     return "\n".join(lines)
 
@@ -278,5 +289,13 @@ class MineJob:
         return out[1], out[0]
 
     def finish(self, result: Mined) -> None:
+        """Write the rows and remove the embeddings; with no row to write, an error (the embeddings stay, so a
+        rerun with other limits reuses them)."""
+        if not result.queries:
+            raise ValueError(
+                f"no (query, positive) pair got enough negatives ({result.none:,} of {result.pairs:,} got none); "
+                f"nothing written to {self.output}. Relax the margins / max_score or raise range_max, and rerun: "
+                f"the embeddings in {self.work} are reused"
+            )
         write(result, self.output)
         shutil.rmtree(self.work)

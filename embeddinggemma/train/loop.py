@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ from embeddinggemma.train.data import Batches, Collator
 from embeddinggemma.train.metrics import DeviceIdle, MetricsLog
 from embeddinggemma.train.outputs import OutputDir
 from embeddinggemma.train.preemption import preemption
-from embeddinggemma.train.sources import Columns, examples, open_rows
+from embeddinggemma.train.sources import Columns, Rows, examples, open_rows
 from embeddinggemma.train.step import TrainStep, TrainSteps, split_module, training_module
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,33 @@ def check_output_dir(cfg: TrainConfig, out: OutputDir, *, resume: bool, overwrit
     return []
 
 
+def fit_negatives(cfg: TrainConfig, rows: Rows, doc_length: int) -> TrainConfig:
+    """num_negatives checked against the data and the machine before any batch is built (one value sizes every
+    batch: num_negatives=100000000 once grew to 19 GB before the kernel killed it). More than any row has is
+    clamped, with a warning: the slots beyond would only hold masked copies of the positive. A batch whose
+    tokens would not fit in host memory is refused."""
+    if cfg.num_negatives > rows.max_negatives:
+        logger.warning(
+            "num_negatives %d: no row of %s has more than %d hard negatives; training with num_negatives=%d",
+            cfg.num_negatives,
+            rows.name,
+            rows.max_negatives,
+            rows.max_negatives,
+        )
+        cfg = dataclasses.replace(cfg, num_negatives=rows.max_negatives)
+    documents = cfg.global_batch_size // jax.process_count() * (1 + cfg.num_negatives)
+    batches = cfg.prefetch + 2  # prefetched, being placed, being trained on
+    need = documents * doc_length * 5 * batches  # int32 token ids and a bool mask per token
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(
+            f"num_negatives {cfg.num_negatives}: {batches} batches of {documents:,} documents of up to {doc_length} "
+            f"tokens need {need / 2**30:,.1f} GiB of host memory, more than this machine's {have / 2**30:,.1f} GiB; "
+            "lower num_negatives, global_batch_size, max_doc_length or prefetch"
+        )
+    return cfg
+
+
 def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
@@ -124,6 +152,7 @@ class Run:
         evalset = _evalset(cfg.eval_file, columns) if cfg.eval_file else None
         mesh = sharding.make_mesh(cfg.mesh)
         ckpt = checkpoint.load(cfg.model, dtype=cfg.param_dtype, mesh=mesh, purpose="train")
+        cfg = fit_negatives(cfg, rows, cfg.max_doc_length or ckpt.config.max_seq_length)
         module = training_module(cfg, ckpt.config)
         nnx.update(module, ckpt.params)
         graphdef, frozen, params = split_module(module, cfg.freeze_embeddings)

@@ -129,6 +129,7 @@ class Rows(Protocol):
     """Random access to the rows of an input (grain's RandomAccessDataSource protocol)."""
 
     name: str
+    max_negatives: int  # the most hard negatives any row has (from the validating pass)
 
     def __len__(self) -> int: ...
 
@@ -153,6 +154,7 @@ class JsonlRows:
         self.name = str(path)
         self.columns = columns
         starts, lengths, skipped = array.array("q"), array.array("q"), 0  # 16 bytes a row, nothing more
+        self.max_negatives = 0
         with open(path, "rb") as f:
             offset = 0
             for lineno, raw in enumerate(f, 1):
@@ -163,7 +165,7 @@ class JsonlRows:
                     obj = _json_object(raw)
                     if self.columns is None:  # the first valid line's fields name the columns
                         self.columns = Columns.infer(list(obj), f"{self.name}:{lineno}")
-                    self._example(obj)
+                    self.max_negatives = max(self.max_negatives, len(self._example(obj).negatives))
                 except ValueError as e:  # parse_json's InputError too: bad JSON, UTF-8 or nesting
                     _malformed(self.name, str(lineno), str(e), skip_malformed)
                     skipped += 1
@@ -228,18 +230,22 @@ class ArrowRows:
                 raise DataError(f"{name}: column {key!r} has type {kind}; expected strings")
         self.table = table.select(list(self.columns.names))
         bad = np.zeros(table.num_rows, bool)
-        for row, problem in self._problems():
+        self.max_negatives = 0
+        for row, example in self._examples():
+            if isinstance(example, Example):
+                self.max_negatives = max(self.max_negatives, len(example.negatives))
+                continue
             if not skip_malformed:
                 file, local = locate(row) if locate else (name, row)
-                _malformed(file, f"row {local}", problem, skip=False)
+                _malformed(file, f"row {local}", example, skip=False)
             bad[row] = True
         _report_skipped(name, int(bad.sum()))
         self.valid = np.flatnonzero(~bad) if bad.any() else None
         if len(self) == 0:
             raise DataError(f"{name}: no examples")
 
-    def _problems(self) -> Iterator[tuple[int, str]]:
-        """(row, what is wrong) of each row `Columns.example` refuses."""
+    def _examples(self) -> Iterator[tuple[int, Example | str]]:
+        """(row, its Example, or what is wrong with it) of every row, read a batch at a time."""
         start = 0
         for batch in self.table.to_batches(max_chunksize=8192):
             try:
@@ -250,7 +256,7 @@ class ArrowRows:
                 try:
                     if isinstance(value, str):
                         raise ValueError(value)
-                    self.columns.example(value)
+                    yield row, self.columns.example(value)
                 except ValueError as e:
                     yield row, str(e)
             start += batch.num_rows

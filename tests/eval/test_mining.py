@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from embeddinggemma.eval import mining
+from embeddinggemma.eval.retrieval import TopK
 from embeddinggemma.train.sources import Example, examples, open_rows
-from tests.helpers.cli import SCRIPT, cli_env, run_cli
+from tests.helpers.cli import SCRIPT, assert_one_line_error, cli_env, run_cli
 from tests.helpers.retrieval import facts
 
 
@@ -107,6 +108,35 @@ def test_bad_options_are_refused_before_work():
         mining.MineOptions(num_negatives=4, range_max=3).window(1)
 
 
+def test_num_negatives_and_range_max_are_bounded_by_the_corpus(embedded, monkeypatch):
+    """More negatives than the corpus holds is refused before the search sizes its buffers (1,000,000 passed
+    3 GiB); a range_max past the corpus searches only the corpus."""
+    job, (query_emb, candidate_emb) = embedded
+    n = len(job.candidates)
+    with pytest.raises(ValueError, match=f"cannot mine 1,000,000 negatives a row: the corpus has {n:,} candidates"):
+        mining.MineOptions(num_negatives=1_000_000).window(1, n)
+    with pytest.raises(ValueError, match=f"so at most {n - 6:,} remain after skipping range_min=5"):
+        mining.MineOptions(num_negatives=n - 5, range_min=5).window(1, n)
+    sizes = []
+    monkeypatch.setattr(mining, "TopK", lambda q, k, **kw: sizes.append(k) or TopK(q, k, **kw))
+    wide = mining.mine(job.pairs, query_emb, candidate_emb, job.candidates, mining.MineOptions(3, range_max=10**7))
+    narrow = mining.mine(job.pairs, query_emb, candidate_emb, job.candidates, mining.MineOptions(3, range_max=n))
+    assert sizes == [n, n] and wide.negatives == narrow.negatives
+
+
+def test_mining_that_finds_nothing_says_so_and_writes_nothing(embedded, tmp_path):
+    job, (query_emb, candidate_emb) = embedded
+    options = mining.MineOptions(num_negatives=2, max_score=-1.0)  # every candidate scores above it
+    result = mining.mine(job.pairs, query_emb, candidate_emb, job.candidates, options)
+    assert (result.short, result.none, result.pairs) == (65, 65, 65)
+    assert "for 65 of 65 (query, positive) pairs (100.00%; 65 found none at all)" in mining.summary(result, options)
+    out = mining.MineJob(job.pairs, tmp_path / "mined.jsonl")
+    out.work.mkdir()
+    with pytest.raises(ValueError, match=r"no \(query, positive\) pair got enough negatives \(65 of 65 got none\)"):
+        out.finish(result)
+    assert not out.output.exists() and out.work.is_dir(), "the embeddings stay for a rerun with other limits"
+
+
 def test_cli_writes_a_training_input_and_resumes_after_a_kill(tiny_dir: Path, tmp_path: Path):
     """SIGKILL once the first candidate shard is on disk; the rerun embeds only the rest and writes the same
     rows as an uninterrupted run."""
@@ -143,6 +173,8 @@ def test_cli_mistakes_are_one_line_before_the_model_loads(tmp_path: Path, capsys
     assert "--columns: invalid JSON (Expecting property name enclosed in double quotes at column 2)" in (
         capsys.readouterr().err
     )
+    assert cli.main(["mine", "-i", str(pairs), "-o", str(tmp_path / "out.jsonl"), "--num-negatives", "1000000"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "mine", "cannot mine 1,000,000 negatives a row: the corpus has 1 ")
     assert cli.main(["mine", "-i", str(pairs), "-o", str(pairs)]) == 1
     assert "is also an input; writing it would destroy the input" in capsys.readouterr().err
     assert pairs.read_text() == '{"query": "q", "positive": "p"}\n'

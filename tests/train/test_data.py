@@ -221,6 +221,32 @@ def test_bad_training_data_is_refused_before_the_model_loads_or_anything_is_writ
     assert not (tmp_path / "run").exists()
 
 
+def test_num_negatives_is_fitted_to_the_data_and_the_machine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """num_negatives=100000000 once grew to 19 GB: more than any row has is clamped with a warning (the slots
+    beyond hold only masked copies of the positive); what the data holds but memory cannot is refused."""
+    from embeddinggemma.train.loop import fit_negatives
+
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text('{"query": "q", "positive": "p", "negatives": ["a", "b"]}\n{"query": "r", "positive": "p"}\n')
+    parquet = _parquet(tmp_path / "train.parquet", query=["q", "r"], positive=["p", "p"], negatives=[["a"], None])
+    rows = {"jsonl": open_rows(jsonl), "parquet": open_rows(parquet)}
+    assert {kind: r.max_negatives for kind, r in rows.items()} == {"jsonl": 2, "parquet": 1}
+    cfg = TrainConfig(model="m", train_file=str(jsonl), output_dir="o", num_negatives=100_000_000)
+    with caplog.at_level("WARNING", logger="embeddinggemma"):
+        fitted = fit_negatives(cfg, rows["jsonl"], 2048)
+    assert fitted.num_negatives == 2 and fitted.global_batch_size == cfg.global_batch_size
+    assert f"num_negatives 100000000: no row of {jsonl} has more than 2 hard negatives" in caplog.text
+    within = TrainConfig(model="m", train_file=str(jsonl), output_dir="o", num_negatives=1)
+    assert fit_negatives(within, rows["jsonl"], 2048) is within
+
+    class Wide:  # rows that do hold a million negatives each
+        name, max_negatives = "wide.parquet", 1_000_000
+
+    huge = TrainConfig(model="m", train_file="wide.parquet", output_dir="o", num_negatives=1_000_000)
+    with pytest.raises(ValueError, match=r"num_negatives 1000000: 6 batches of 64,000,064 documents of up to 2048 "):
+        fit_negatives(huge, Wide(), 2048)
+
+
 PEAK_ANON = textwrap.dedent(
     """
     import sys, threading, time
