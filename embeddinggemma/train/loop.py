@@ -193,7 +193,7 @@ class Run:
             metadata_dir=ckpt.metadata_dir,
             mesh=mesh,
         )
-        log = MetricsLog(out, cfg.tensorboard)
+        log = MetricsLog(out, cfg.tensorboard, step=latest or 0)
         return cls(cfg, out, mesh, ts, frozen, state, batches, collator, ckpts, log, encoder, evalset, total)
 
     # ------------------------------------------------------------------ the loop

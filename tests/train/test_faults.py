@@ -71,6 +71,7 @@ def test_training_killed_then_terminated_resumes_to_the_same_model(tiny_dir: Pat
     check()
     step, state = final_state(out)
     assert step == 16
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 17))
     for a, b in zip(leaves(state["params"]), leaves(expected["params"]), strict=True):
         np.testing.assert_array_equal(a, b)
 

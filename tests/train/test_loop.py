@@ -281,6 +281,30 @@ def test_device_idle_is_the_wait_between_a_step_finishing_and_the_next_dispatch(
         idle.take()
 
 
+def test_a_resumed_run_continues_metrics_without_repeating_steps(tmp_path):
+    """A run killed after logging step 3 resumes from its step-2 checkpoint: the rows after step 2 (and the
+    row the kill cut short) give way to the resumed run's, at its first write; from step 0 the file starts over."""
+    from embeddinggemma.train.metrics import MetricsLog
+    from embeddinggemma.train.outputs import OutputDir
+
+    out = OutputDir(tmp_path)
+    rows = [{"step": 0, "eval/48/ndcg@10": 0.5}, *({"step": s, "loss": 2.0 - s / 10} for s in (1, 2, 3))]
+    earlier = "".join(json.dumps(row) + "\n" for row in rows) + '{"step": 4, "lo'
+    (tmp_path / "metrics.jsonl").write_text(earlier)
+
+    def steps() -> list[int]:
+        return [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+    log = MetricsLog(out, tensorboard=False, step=2)
+    assert (tmp_path / "metrics.jsonl").read_text() == earlier, "nothing changes before the run logs"
+    log.write(3, {"loss": 1.0})
+    log.write(4, {"loss": 1.0})
+    assert steps() == [0, 1, 2, 3, 4]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[3]) == {"step": 3, "loss": 1.0}
+    MetricsLog(out, tensorboard=False, step=0).write(0, {"eval/48/ndcg@10": 0.5})
+    assert steps() == [0]
+
+
 BAD_CONFIG_VALUES = {
     "steps": ("10", "steps must be an integer or null, got '10'"),
     "learning_rate": (float("nan"), "learning_rate must be a finite number, got nan"),
