@@ -7,15 +7,20 @@ interrupted write never leaves something that looks finished. Temporary names ar
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from embeddinggemma.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir(kind: str, env: str) -> Path:
@@ -26,13 +31,45 @@ def cache_dir(kind: str, env: str) -> Path:
 
 
 def _sibling(dest: Path, tag: str) -> Path:
-    return dest.parent / f".{dest.name}.{tag}-{secrets.token_hex(4)}"
+    """A hidden name beside `dest` that says who made it (host, pid), so a later writer knows it is stale."""
+    return dest.parent / f".{dest.name}.{tag}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_partials(dest: Path) -> list[Path]:
+    """Remove the partial writes of `dest` left by processes of this host that died (kill -9, power loss),
+    saying so; a live writer's partial, or another host's, is left alone. Returns what was removed."""
+    removed = []
+    prefix = f".{dest.name}.partial-{socket.gethostname()}-"
+    for path in dest.parent.glob(glob.escape(prefix) + "*") if dest.parent.is_dir() else ():
+        pid = path.name[len(prefix) :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+    if removed:
+        log.warning(
+            "removed %d partial write(s) of %s left by an interrupted run: %s",
+            len(removed),
+            dest,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
 
 
 def write_atomic(dest: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through a temporary sibling (flushed to disk), then rename it over `dest`."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_partials(dest)
     tmp = _sibling(dest, "partial")
     try:
         with open(tmp, "xb") as f:
@@ -61,6 +98,7 @@ def atomic_dir(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
     if not replace:
         check_new_dir(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_partials(dest)
     tmp = _sibling(dest, "partial")
     tmp.mkdir()
     try:

@@ -1,13 +1,17 @@
-"""check_outputs on paths that are symbolic links: a loop or a broken link is refused up front, by name."""
+"""Output paths: a symlink loop or a broken link is refused up front, by name; the partial writes of a killed
+process are swept by the next write."""
 
 from __future__ import annotations
 
+import logging
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from embeddinggemma.errors import OutputError
-from embeddinggemma.files import check_outputs
+from embeddinggemma.files import atomic_dir, check_outputs, write_atomic
 
 
 @pytest.fixture
@@ -37,3 +41,36 @@ def test_an_input_that_is_a_loop_does_not_break_the_check(links: Path) -> None:
     check_outputs({"--output": links / "out.npy"}, [links / "loop1"])  # the reader names the input, not this check
     with pytest.raises(OutputError, match="is also an input"):
         check_outputs({"--output": links / "loop1"}, [links / "loop1"])
+
+
+def _partial(dest: Path, host: str, pid: int) -> Path:
+    path = dest.parent / f".{dest.name}.partial-{host}-{pid}-0123abcd"
+    path.mkdir()
+    (path / "model.safetensors").write_bytes(b"half a file")
+    return path
+
+
+@pytest.mark.parametrize("write", ["file", "directory"])
+def test_partials_of_dead_writers_on_this_host_are_swept_saying_so(tmp_path: Path, caplog, write: str) -> None:
+    """kill -9 during a write leaves `.NAME.partial-HOST-PID-*`: the next write of NAME removes it, but not a
+    live process's (a concurrent writer) nor another host's (its pid means nothing here)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        dest = tmp_path / "export"
+        stale = _partial(dest, socket.gethostname(), dead.pid)
+        running = _partial(dest, socket.gethostname(), live.pid)
+        remote = _partial(dest, "another-host", dead.pid)
+        other_name = _partial(tmp_path / "exports", socket.gethostname(), dead.pid)
+        with caplog.at_level(logging.WARNING, logger="embeddinggemma.files"):
+            if write == "file":
+                write_atomic(dest, lambda f: f.write(b"done"))
+            else:
+                with atomic_dir(dest) as tmp:
+                    (tmp / "done").write_text("done")
+        assert not stale.exists() and running.exists() and remote.exists() and other_name.exists()
+        assert f"removed 1 partial write(s) of {dest} left by an interrupted run: {stale.name}" in caplog.text
+    finally:
+        live.kill()
+        live.wait()
