@@ -6,7 +6,6 @@ be tokenized), and a bad one is an InputError naming file and line.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from embeddinggemma.encode.precision import Precision, output_dtype
-from embeddinggemma.errors import InputError
+from embeddinggemma.errors import InputError, parse_json
 from embeddinggemma.model.tokenizer import text_error
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -64,10 +63,7 @@ def iter_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) of each non-blank line of a JSONL file; bad JSON or a non-object is named."""
     path = Path(path)
     for number, line in _text_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: invalid JSON ({e.msg})") from e
+        obj = parse_json(line, f"{path}:{number}")
         if not isinstance(obj, dict):
             raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
         yield number, obj
