@@ -203,21 +203,24 @@ class ModelConfig:
         pooling_file = root / sub_dirs[1] / "config.json"
         with reading(pooling_file):
             _check_pooling(pooling_file, _read_json(pooling_file))
+        with reading(root / "config.json"):
+            encoder = _encoder_fields(root / "config.json", hf)
         dense_features = []
-        in_features = hf.get("hidden_size")
+        in_features = encoder["hidden_size"]
         for sub in sub_dirs[2:4]:
             file = root / sub / "config.json"
             dense = _read_json(file)
             with reading(file):
                 _check_dense(file, dense, in_features)
-                dense_features.append(int(dense["out_features"]))
-            in_features = dense["out_features"]
+                in_features = _number(file, "out_features", dense.get("out_features"), int)
+                dense_features.append(in_features)
         st_file = root / "sentence_bert_config.json"
         st = _read_json(st_file) if st_file.exists() else {}
         if st.get("do_lower_case"):
             raise CheckpointError(f"{st_file}: do_lower_case=true is not supported")
         with reading(st_file):
-            max_seq_length = int(st.get("max_seq_length") or hf.get("max_position_embeddings", 2048))
+            max_seq_length = st.get("max_seq_length") or encoder["max_position_embeddings"]
+            max_seq_length = _number(st_file, "max_seq_length", max_seq_length, int)
         cst_file = root / "config_sentence_transformers.json"
         cst = _read_json(cst_file) if cst_file.exists() else {}
         with reading(cst_file):
@@ -227,8 +230,6 @@ class ModelConfig:
             default_prompt_name = cst.get("default_prompt_name")
             if default_prompt_name is not None and not isinstance(default_prompt_name, str):
                 raise TypeError(f"default_prompt_name must be a string or null, got {default_prompt_name!r}")
-        with reading(root / "config.json"):
-            encoder = _encoder_fields(root / "config.json", hf)
         return cls(
             **encoder,
             dense_features=tuple(dense_features),
@@ -268,6 +269,13 @@ def _encoder_fields(file: Path, hf: dict[str, Any]) -> dict[str, Any]:
             raise CheckpointError(f"{file}: missing key {key!r}")
         return hf[key]
 
+    def setting(key: str, kind: type[int] | type[float], default: float | None = None) -> Any:
+        """An integer or number; a missing or null one is `default`, or an error without one."""
+        value = hf.get(key)
+        if value is None:
+            value = need(key) if default is None else default
+        return _number(file, key, value, kind)
+
     if hf.get("model_type") not in ("gemma3_text", "gemma3"):
         raise CheckpointError(f"{file}: model_type {hf.get('model_type')!r} is not 'gemma3_text'")
     if not hf.get("use_bidirectional_attention", False):
@@ -296,7 +304,7 @@ def _encoder_fields(file: Path, hf: dict[str, Any]) -> dict[str, Any]:
     # transformers turns the stored window W into an exclusive bound W // 2 + 1 when attention is
     # bidirectional (|i-j| < W//2+1), i.e. a radius of W // 2. We follow transformers exactly, so a
     # file that already holds a converted (odd) value is read the way transformers reads it.
-    window = int(need("sliding_window"))
+    window = setting("sliding_window", int)
     if window % 2:
         logger.warning(
             "%s: sliding_window=%d is odd, which suggests it was saved already converted; transformers "
@@ -305,30 +313,41 @@ def _encoder_fields(file: Path, hf: dict[str, Any]) -> dict[str, Any]:
             window,
             window // 2,
         )
-    num_layers = int(need("num_hidden_layers"))
-    pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
+    num_layers = setting("num_hidden_layers", int)
+    pattern = setting("sliding_window_pattern", int, hf.get("_sliding_window_pattern", 6))
     layer_types = hf.get("layer_types") or [SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)]
-    num_heads = int(need("num_attention_heads"))
-    hidden = int(need("hidden_size"))
+    num_heads = setting("num_attention_heads", int)
+    hidden = setting("hidden_size", int)
     return dict(
-        vocab_size=int(need("vocab_size")),
+        vocab_size=setting("vocab_size", int),
         hidden_size=hidden,
-        intermediate_size=int(need("intermediate_size")),
+        intermediate_size=setting("intermediate_size", int),
         num_layers=num_layers,
         num_heads=num_heads,
-        num_kv_heads=int(hf.get("num_key_value_heads", num_heads)),
-        head_dim=int(hf.get("head_dim") or hidden // num_heads),
-        query_pre_attn_scalar=float(need("query_pre_attn_scalar")),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta_global=float(theta_global),
-        rope_theta_local=float(theta_local),
+        num_kv_heads=setting("num_key_value_heads", int, num_heads),
+        head_dim=setting("head_dim", int, hidden // num_heads),
+        query_pre_attn_scalar=setting("query_pre_attn_scalar", float),
+        rms_norm_eps=setting("rms_norm_eps", float, 1e-6),
+        rope_theta_global=_number(file, "rope_theta", theta_global, float),
+        rope_theta_local=_number(file, "rope_theta", theta_local, float),
         sliding_window_radius=window // 2,
         layer_types=tuple(layer_types),
-        max_position_embeddings=int(need("max_position_embeddings")),
-        pad_id=int(hf.get("pad_token_id", 0)),
-        bos_id=int(hf.get("bos_token_id", 2)),
-        eos_id=int(_first(hf.get("eos_token_id", 1))),
+        max_position_embeddings=setting("max_position_embeddings", int),
+        pad_id=setting("pad_token_id", int, 0),
+        bos_id=setting("bos_token_id", int, 2),
+        eos_id=_number(file, "eos_token_id", _first(hf.get("eos_token_id", 1)), int),
     )
+
+
+def _number(file: Path, key: str, value: Any, kind: type[int] | type[float]) -> Any:
+    """A numeric setting as JSON typed it, named with its value and type when it is not one: int() and float()
+    would take a string "48" (int() even 48.7 or true), and a "48" compared with the 48 it should equal read
+    'in_features 48 != previous width 48'."""
+    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        what = "an integer" if kind is int else "a number"
+        raise CheckpointError(f"{file}: {key} must be {what}, got {value!r} ({type(value).__name__})")
+    return kind(value)
 
 
 def _first(x: Any) -> Any:
@@ -357,8 +376,8 @@ def _check_dense(file: Path, dense: dict[str, Any], in_features: Any) -> None:
     act = dense.get("activation_function", "")
     if not act.endswith("Identity"):
         raise CheckpointError(f"{file}: activation_function {act!r} is not supported (Identity)")
-    if dense.get("in_features") != in_features:
-        raise CheckpointError(f"{file}: in_features {dense.get('in_features')} != previous width {in_features}")
+    if _number(file, "in_features", dense.get("in_features"), int) != in_features:
+        raise CheckpointError(f"{file}: in_features {dense['in_features']} != previous width {in_features}")
 
 
 def check_dtype(dtype: Any) -> DTypeName:
