@@ -78,13 +78,29 @@ def write_atomic(dest: str | Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
     except OSError as e:
+        cause = _cause(e, tmp)
         tmp.unlink(missing_ok=True)
-        if e.filename is None:  # a failed write() (disk full, file size limit) names no file: name dest
-            raise OSError(e.errno, e.strerror or str(e), str(dest)) from e
+        if cause.filename is None:  # a failed write() (disk full, file size limit) names no file: name dest
+            raise OSError(cause.errno, cause.strerror or str(cause), str(dest)) from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _cause(e: OSError, tmp: Path) -> OSError:
+    """What a short write that names no error was: numpy's np.save writes through C and reports a full disk
+    as "[Errno None] 4800 requested and 4064 written". Writing on at the end of `tmp` (deleted next) meets
+    the real error (no space left on device, file too large, quota); `e` when none is met within 1 MiB."""
+    if e.errno is not None or not tmp.is_file():
+        return e
+    try:
+        with open(tmp, "ab", buffering=0) as f:  # unbuffered: each write(2) reports its own error
+            for _ in range(16):
+                f.write(bytes(1 << 16))
+    except OSError as cause:
+        return cause
+    return e
 
 
 @contextmanager

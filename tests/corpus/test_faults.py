@@ -3,11 +3,14 @@ to the clean run's output bit for bit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import resource
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +69,39 @@ def test_encode_on_a_full_disk_fails_cleanly_and_resumes(
     np.testing.assert_array_equal(np.load(out), np.load(clean))
     assert out.with_suffix(".ids.jsonl").read_text() == clean.with_suffix(".ids.jsonl").read_text()
     assert sorted(p.name for p in out.parent.iterdir()) == ["emb.ids.jsonl", "emb.npy"]
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """RLIMIT_FSIZE on this process for a moment: a write past `limit` bytes fails with EFBIG (Python ignores
+    SIGXFSZ), in C code as in Python."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_short_write_without_an_error_is_named_by_its_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """np.save writes through C and reports a full disk as "[Errno None] 4800 requested and 4064 written":
+    the error names the real cause and the file, here past a file size limit and on a full disk."""
+    shard = tmp_path / "shard-000002.npy"
+    with file_size_limit(4064), pytest.raises(OSError) as raised:
+        files.write_atomic(shard, lambda f: np.save(f, np.zeros(600)))  # 4,928 bytes
+    assert (raised.value.errno, raised.value.strerror, raised.value.filename) == (27, "File too large", str(shard))
+
+    def numpy_on_a_full_disk(f) -> None:  # what np.save's C write does: store what fits, report no errno
+        try:
+            f.write(bytes(4800))
+        except OSError:
+            raise OSError("4800 requested and 4064 written") from None
+
+    monkeypatch.setattr(files, "open", FullDisk(room=4064), raising=False)
+    with pytest.raises(OSError) as raised:
+        files.write_atomic(shard, numpy_on_a_full_disk)
+    assert str(raised.value) == f"[Errno 28] No space left on device: '{shard}'"
+    assert not list(tmp_path.iterdir()), "no partial file is left"
 
 
 @pytest.fixture(scope="module")
