@@ -5,7 +5,8 @@ only the positives). Its positives, and so any exact duplicate of them, are neve
 ranked by cosine score (exact top-k on the device, retrieval.TopK); those breaking a margin or score limit
 are dropped; of the `range_max` best that remain, the first `range_min` are skipped and `num_negatives` are
 taken, the best (`top`) or at random (`random`, then sorted by score). A (query, positive) row is written
-only when all `num_negatives` were found. Queries get the query prompt, candidates the document prompt, as
+only when all `num_negatives` were found; `num_negatives` must fit in the corpus, and the search is never
+wider than it. Queries get the query prompt, candidates the document prompt, as
 `encode_query` / `encode_document` do. Embeddings go through the resumable encode job in `OUT.mining/`, so
 an interrupted run re-embeds at most one shard.
 """
