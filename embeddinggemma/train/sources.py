@@ -201,8 +201,9 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 class ArrowRows:
-    """An Arrow table (memory-mapped) as rows. Every row is checked up front, as a JSONL file's lines are
-    (one pass, a batch of rows in memory at a time), so a bad row fails before training writes anything.
+    """An Arrow table (memory-mapped) as rows. Every row is checked up front, column by column in Arrow's
+    kernels (`_malformed_rows`), so a bad row fails before training writes anything; the first is described
+    by `Columns.example`, the check a row of every format passes.
 
     `locate(row)`: the file and row within it of a table row, for messages (Parquet shards read as one table)."""
 
@@ -229,37 +230,27 @@ class ArrowRows:
             if not (is_text or (is_list and key in self.columns.negatives)):
                 raise DataError(f"{name}: column {key!r} has type {kind}; expected strings")
         self.table = table.select(list(self.columns.names))
-        bad = np.zeros(table.num_rows, bool)
-        self.max_negatives = 0
-        for row, example in self._examples():
-            if isinstance(example, Example):
-                self.max_negatives = max(self.max_negatives, len(example.negatives))
-                continue
-            if not skip_malformed:
-                file, local = locate(row) if locate else (name, row)
-                _malformed(file, f"row {local}", example, skip=False)
-            bad[row] = True
+        bad = _malformed_rows(self.table, self.columns)
+        if bad.any() and not skip_malformed:
+            row = int(np.argmax(bad))
+            file, local = locate(row) if locate else (name, row)
+            _malformed(file, f"row {local}", self._problem(row), skip=False)
         _report_skipped(name, int(bad.sum()))
         self.valid = np.flatnonzero(~bad) if bad.any() else None
         if len(self) == 0:
             raise DataError(f"{name}: no examples")
+        self.max_negatives = _most_negatives(self.table, self.columns, ~bad)
 
-    def _examples(self) -> Iterator[tuple[int, Example | str]]:
-        """(row, its Example, or what is wrong with it) of every row, read a batch at a time."""
-        start = 0
-        for batch in self.table.to_batches(max_chunksize=8192):
-            try:
-                rows: list[dict[str, Any] | str] = batch.to_pylist()
-            except UnicodeDecodeError:  # a string that is not UTF-8 (Parquet writers need not check): find it
-                rows = [_decoded(batch, i) for i in range(batch.num_rows)]
-            for row, value in enumerate(rows, start):
-                try:
-                    if isinstance(value, str):
-                        raise ValueError(value)
-                    yield row, self.columns.example(value)
-                except ValueError as e:
-                    yield row, str(e)
-            start += batch.num_rows
+    def _problem(self, row: int) -> str:
+        """What `Columns.example` says of a row the column checks refused."""
+        value = _decoded(self.table.slice(row, 1))
+        try:
+            if isinstance(value, str):
+                return value
+            self.columns.example(value)
+        except ValueError as e:
+            return str(e)
+        raise RuntimeError(f"{self.name}: row {row} failed the column checks, yet Columns.example accepts it")
 
     def __len__(self) -> int:
         return self.table.num_rows if self.valid is None else len(self.valid)
@@ -269,15 +260,63 @@ class ArrowRows:
         return self.columns.example(self.table.slice(row, 1).to_pylist()[0])
 
 
-def _decoded(batch: Any, i: int) -> dict[str, Any] | str:
-    """Row `i` of a record batch as a dict, or which column holds bytes that are not UTF-8."""
-    row = {}
-    for key in batch.schema.names:
+def _malformed_rows(table: Any, columns: Columns) -> np.ndarray:
+    """Which rows `Columns.example` refuses, found with Arrow's kernels at memory-mapped speed: a null query
+    or positive, a null inside a negatives list, and bytes that are not UTF-8 in any string (Parquet writers
+    need not check; lone surrogates, which UTF-8 cannot hold, are among them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bad = np.zeros(table.num_rows, bool)
+    for key in (columns.query, columns.positive):
+        bad |= pc.is_null(table.column(key)).to_numpy()
+    for key in columns.names:
+        column = table.column(key)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            nulls = pc.is_null(pc.list_flatten(column)).to_numpy()
+            bad[pc.list_parent_indices(column).to_numpy()[nulls]] = True
+        start = 0
+        for chunk in column.chunks:
+            try:
+                chunk.validate(full=True)
+            except pa.ArrowInvalid:  # not UTF-8 somewhere in this chunk: find the rows, in Python
+                bad[start : start + len(chunk)] |= [_undecodable(value) for value in chunk]
+            start += len(chunk)
+    return bad
+
+
+def _most_negatives(table: Any, columns: Columns, rows: np.ndarray) -> int:
+    """The most hard negatives any of `rows` (a mask) has: a list's length, or 1 for a non-null string."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    count = np.zeros(table.num_rows, np.int64)
+    for key in columns.negatives:
+        column = table.column(key)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            count += pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+        else:
+            count += pc.is_valid(column).to_numpy()
+    return int(count[rows].max())
+
+
+def _undecodable(value: Any) -> bool:
+    try:
+        value.as_py()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _decoded(row: Any) -> dict[str, Any] | str:
+    """A one-row table as a dict, or which column holds bytes that are not UTF-8."""
+    values = {}
+    for key in row.column_names:
         try:
-            row[key] = batch.column(key)[i].as_py()
+            values[key] = row.column(key)[0].as_py()
         except UnicodeDecodeError as e:
             return f"{key!r} is not valid UTF-8 (byte {e.start} of its text)"
-    return row
+    return values
 
 
 def cache_dir() -> Path:
