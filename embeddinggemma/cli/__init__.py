@@ -89,6 +89,8 @@ def configure_logging(command: str) -> None:
     if command not in LOGS_PROGRESS:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    if not os.environ.get("EMBEDDINGGEMMA_DEBUG"):
+        logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's INFO: ~20 lines of internals per checkpoint
     if command == "serve":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -7,6 +7,8 @@ saved: they are the starting model's, which a resumed run loads again.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,6 +25,11 @@ def saved_steps(directory: str) -> list[int]:
 
 
 class RunCheckpoints:
+    """Saves run in orbax's background threads while training goes on. A failed one (a full disk) is
+    reported there by every thread and event loop involved, hundreds of lines of tracebacks; so those
+    reports are muted while a save is in flight (`quiet_orbax`), and the failure surfaces once, as a
+    one-line CheckpointError from `wait` or the next `save`."""
+
     def __init__(self, directory: str, keep: int):
         """`directory`: an absolute local path or a gs:// URL."""
         self.directory = epath.Path(directory)
@@ -30,17 +37,38 @@ class RunCheckpoints:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
+        self._in_flight: tuple[int, contextlib.ExitStack] | None = None  # the step being saved, its mute
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any]) -> None:
         """Save (asynchronously; `wait` or the next save blocks until it is on disk)."""
+        self.wait()  # the previous save's failure is reported as that save's
+        mute = contextlib.ExitStack()
+        mute.enter_context(quiet_orbax(self.directory / str(step)))
+        self._in_flight = step, mute
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
-        self.manager.save(step, args=args, force=True)
+        self._finish(lambda: self.manager.save(step, args=args, force=True), done=False)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._finish(self.manager.wait_until_finished, done=True)
+
+    def _finish(self, call: Callable[[], Any], *, done: bool) -> None:
+        """Run an orbax call of the in-flight save; a failure unmutes (once the stragglers settle) and is
+        raised as a CheckpointError naming the step's directory; `done`: success ends the save too."""
+        try:
+            call()
+        except Exception as e:  # orbax and TensorStore raise many types, down to Exception
+            if self._in_flight is None:
+                raise
+            step, mute = self._in_flight
+            self._in_flight = None
+            mute.__exit__(type(e), e, e.__traceback__)  # waits for the other threads' reports to settle
+            raise CheckpointError(f"{self.directory / str(step)}: cannot save this checkpoint ({first_line(e)})") from e
+        if done and self._in_flight is not None:
+            self._in_flight[1].close()
+            self._in_flight = None
 
     def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """The state restored straight onto `shardings`, and the saved data position."""
@@ -61,4 +89,7 @@ class RunCheckpoints:
         return restored["state"], restored["data"]
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
