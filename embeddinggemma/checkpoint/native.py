@@ -45,7 +45,7 @@ def read_config(root: Path) -> ModelConfig:
     with reading(file):
         if meta.get("format_version") not in (1, FORMAT_VERSION):
             raise CheckpointError(f"{file}: unsupported native format version {meta.get('format_version')}")
-        return ModelConfig.from_dict(meta["config"])
+        return ModelConfig.from_dict(meta["config"], source=file)
 
 
 def first_line(e: BaseException) -> str:

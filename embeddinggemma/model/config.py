@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
@@ -168,7 +169,8 @@ class ModelConfig:
         return cls(prompts=tuple(PROMPTS_300M.items()))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: dict[str, Any], source: Path | None = None) -> ModelConfig:
+        """From `to_dict`'s form (a native checkpoint's config, read from `source`), numbers checked by type."""
         d = dict(d)
         for key in ("layer_types", "dense_features", "matryoshka_dims"):
             if key in d:
@@ -180,6 +182,10 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise CheckpointError(f"unknown ModelConfig fields {unknown}")
+        hints = typing.get_type_hints(cls)
+        for key, value in d.items():
+            if hints[key] in (int, float):
+                _number(source, key, value, hints[key])
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,14 +345,15 @@ def _encoder_fields(file: Path, hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _number(file: Path, key: str, value: Any, kind: type[int] | type[float]) -> Any:
+def _number(file: Path | None, key: str, value: Any, kind: type[int] | type[float]) -> Any:
     """A numeric setting as JSON typed it, named with its value and type when it is not one: int() and float()
     would take a string "48" (int() even 48.7 or true), and a "48" compared with the 48 it should equal read
     'in_features 48 != previous width 48'."""
     ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
     if isinstance(value, bool) or not ok:
         what = "an integer" if kind is int else "a number"
-        raise CheckpointError(f"{file}: {key} must be {what}, got {value!r} ({type(value).__name__})")
+        where = f"{file}: " if file else ""
+        raise CheckpointError(f"{where}{key} must be {what}, got {value!r} ({type(value).__name__})")
     return kind(value)
 
 

@@ -38,3 +38,16 @@ def test_numeric_settings_are_named_with_their_value_and_type(case, tiny_dir: Pa
         ModelConfig.from_checkpoint_dir(copy)
     assert str(raised.value).startswith(str(copy)) and BAD_SETTINGS[case] in str(raised.value), str(raised.value)
     assert ModelConfig.from_checkpoint_dir(tiny_dir).hidden_size == 48
+
+
+def test_a_native_checkpoints_numbers_are_checked_too(tiny_dir: Path, tmp_path: Path) -> None:
+    from embeddinggemma.checkpoint import native
+
+    config = ModelConfig.from_checkpoint_dir(tiny_dir).to_dict()
+    marker = tmp_path / native.MARKER
+    marker.write_text(json.dumps({"format_version": native.FORMAT_VERSION, "config": config}))
+    assert native.read_config(tmp_path) == ModelConfig.from_checkpoint_dir(tiny_dir)
+    marker.write_text(json.dumps({"format_version": native.FORMAT_VERSION, "config": {**config, "hidden_size": "48"}}))
+    with pytest.raises(CheckpointError) as raised:
+        native.read_config(tmp_path)
+    assert str(raised.value) == f"{marker}: hidden_size must be an integer, got '48' (str)"
