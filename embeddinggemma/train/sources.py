@@ -93,6 +93,8 @@ class Columns:
 
     def example(self, row: dict[str, Any]) -> Example:
         """The Example of one row (a dict); ValueError naming the column (and list item) that is wrong."""
+        query = _text(row.get(self.query), repr(self.query))
+        positive = _text(row.get(self.positive), repr(self.positive))
         negatives: list[str] = []
         for key in self.negatives:
             value = row.get(key)
@@ -103,12 +105,7 @@ class Columns:
                     raise ValueError(f"{key!r} must be a string or a list of strings, got {_kind(value)}")
                 negatives.append(_text(value, repr(key)))
         title = row.get(self.title) if self.title else None
-        return Example(
-            _text(row.get(self.query), repr(self.query)),
-            _text(row.get(self.positive), repr(self.positive)),
-            tuple(negatives),
-            None if title is None else _text(title, repr(self.title)),
-        )
+        return Example(query, positive, tuple(negatives), None if title is None else _text(title, repr(self.title)))
 
 
 def _kind(value: object) -> str:
