@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from embeddinggemma.checkpoint import hf
 from embeddinggemma.corpus.readers import read_records
 from embeddinggemma.errors import CheckpointError, DataError, InputError, parse_json
 from embeddinggemma.eval.retrieval import RetrievalSet
@@ -68,6 +69,14 @@ def _checkpoint(tiny_dir: Path, tmp: Path, config: str) -> Path:
     return copy
 
 
+def _read_sharded(index: Path, tiny_dir: Path) -> object:
+    """The tiny checkpoint's tensors, read through a (damaged) shard index beside a copy of them."""
+    copy = index.parent / "sharded"
+    shutil.copytree(tiny_dir, copy)
+    shutil.copy(index, copy / index.name)
+    return hf.read_params(copy, ModelConfig.from_checkpoint_dir(copy))
+
+
 # reader -> (file name, how to read it, the error type)
 READERS: dict[str, tuple[str, Callable[[Path, Path], object], type[Exception]]] = {
     "encode / search corpus": ("docs.jsonl", lambda f, _: read_records(f), InputError),
@@ -83,6 +92,7 @@ READERS: dict[str, tuple[str, Callable[[Path, Path], object], type[Exception]]] 
         lambda f, tiny: ModelConfig.from_checkpoint_dir(_checkpoint(tiny, f.parent, f.read_text())),
         CheckpointError,
     ),
+    "checkpoint model.safetensors.index.json": ("model.safetensors.index.json", _read_sharded, CheckpointError),
 }
 
 

@@ -34,7 +34,7 @@ from safetensors.numpy import save_file
 
 from embeddinggemma.errors import CheckpointError, parse_json
 from embeddinggemma.files import atomic_dir
-from embeddinggemma.model.config import ModelConfig
+from embeddinggemma.model.config import ModelConfig, reading
 from embeddinggemma.model.modeling import STACKS, EmbeddingGemmaModule
 from embeddinggemma.model.tokenizer import Tokenizer
 from embeddinggemma.sharding import from_host
@@ -170,7 +170,9 @@ def _tensor_files(root: Path) -> Iterator[tuple[Path, str]]:
     """(file, key prefix) pairs: encoder shards in the root, then one file per Dense module."""
     index = root / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        content = parse_json(index.read_bytes(), str(index), error=CheckpointError)
+        with reading(index):
+            shards = sorted(set(content["weight_map"].values()))
         yield from ((root / s, "") for s in shards)
     else:
         yield root / ENCODER_FILE, ""
