@@ -35,7 +35,8 @@ class RunCheckpoints:
         self.directory = epath.Path(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # cleanup: a save that failed or was killed leaves STEP.orbax-checkpoint-tmp; the next run removes it
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
         )
         self._in_flight: tuple[int, contextlib.ExitStack] | None = None  # the step being saved, its mute
 

@@ -19,16 +19,16 @@ def _save(directory: Path, limit: int | None) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_a_failed_save_is_one_error_and_no_noise(tmp_path: Path) -> None:
-    proc = _save(tmp_path / "checkpoints", limit=200_000)
+def test_a_failed_save_is_one_error_and_no_noise_and_the_next_run_cleans_up(tmp_path: Path) -> None:
+    directory = tmp_path / "checkpoints"
+    proc = _save(directory, limit=200_000)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith(f"CheckpointError: {tmp_path / 'checkpoints' / '1'}: cannot save this checkpoint (")
+    assert proc.stdout.startswith(f"CheckpointError: {directory / '1'}: cannot save this checkpoint (")
     assert "File too large" in proc.stdout
     assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr[-3000:]
     assert len(proc.stderr.splitlines()) <= 2, proc.stderr  # at most JAX's own start-up line
+    assert [p.name for p in directory.iterdir()] == ["1.orbax-checkpoint-tmp"]  # what the failed save left
 
-
-def test_a_save_that_fits_is_saved_and_says_nothing(tmp_path: Path) -> None:
-    proc = _save(tmp_path / "checkpoints", limit=None)
+    proc = _save(directory, limit=None)  # the next run, with room: saves, and removes the leftover
     assert proc.returncode == 0 and proc.stdout == "saved\n", proc.stdout + proc.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2"]
