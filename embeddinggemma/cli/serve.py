@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -18,6 +19,16 @@ def port(value: str) -> int:
     if not 0 <= n <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {n}")
     return n
+
+
+def seconds(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return x
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +85,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--max-request-bytes", type=positive_int, default=16 * 2**20, help="request body size limit (default: 16 MiB)"
     )
+    g.add_argument(
+        "--inline-request-bytes",
+        type=positive_int,
+        default=64 * 2**10,
+        help="bodies up to this size are parsed and tokenized on the event loop, larger ones in a worker thread, "
+        "so that /health and /metrics stay quick while large requests run (default: 64 KiB)",
+    )
+    g = p.add_argument_group("connections")
+    g.add_argument(
+        "--read-timeout",
+        type=seconds,
+        default=30.0,
+        help="seconds for a request's line and headers to arrive, and as many again for its body; else 408 and "
+        "the connection is closed (default: 30)",
+    )
+    g.add_argument(
+        "--keep-alive-timeout",
+        type=seconds,
+        default=5.0,
+        help="seconds an idle connection stays open between requests (default: 5)",
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=seconds,
+        default=5.0,
+        help="after SIGTERM, seconds before the connections left are closed; one waiting for its vectors is kept "
+        "until they are sent, and then as long again (default: 5)",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=1000,
+        help="open connections at most; one more is answered 503 and closed (default: 1000)",
+    )
     add_cache_args(p)
     p.set_defaults(func=run)
 
@@ -92,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
         max_input_tokens=args.max_input_tokens,
         max_inputs=args.max_inputs,
         max_request_bytes=args.max_request_bytes,
+        read_timeout=args.read_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        max_connections=args.max_connections,
+        inline_request_bytes=args.inline_request_bytes,
     )
     try:
         serve(lambda: load_model(args), args.model, config)

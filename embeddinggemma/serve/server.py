@@ -1,6 +1,7 @@
 """The server process around the app: the listening socket (bound before the model loads, so a taken port
-fails at once), the batcher sized for the platform, uvicorn, the warm-up watch, and SIGTERM, which stops
-accepting connections, finishes the requests in flight and returns normally.
+fails at once), the batcher sized for the platform, uvicorn with bounded connections (`serve.connections`),
+the warm-up watch, and SIGTERM, which stops accepting connections, finishes the requests in flight, closes
+the connections that are left a `shutdown_timeout` later and returns normally.
 
 Needs the `serve` extra (FastAPI, uvicorn, prometheus-client); they are imported only when serving.
 """
@@ -8,6 +9,7 @@ Needs the `serve` extra (FastAPI, uvicorn, prometheus-client); they are imported
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -57,10 +59,19 @@ class ServerConfig:
     max_input_tokens: int | None = None  # default: the model's max_seq_length
     max_inputs: int = 2048
     max_request_bytes: int = 16 * 2**20
+    read_timeout: float = 30.0  # seconds for a request's headers, and again for its body (else 408)
+    keep_alive_timeout: float = 5.0  # an idle connection between requests is closed after this
+    shutdown_timeout: float = 5.0  # after SIGTERM, connections not waiting for vectors are closed after this
+    max_connections: int = 1000  # one more is answered 503 and closed
+    inline_request_bytes: int = 64 * 2**10  # larger bodies are parsed and tokenized off the event loop
 
     def __post_init__(self) -> None:
         if self.batch_timeout_ms < 0 or not math.isfinite(self.batch_timeout_ms):
             raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
+        for name in ("read_timeout", "keep_alive_timeout", "shutdown_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
 
 
 def default_served_name(model: str) -> str:
@@ -112,6 +123,7 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
 
     from embeddinggemma.serve.api import Limits
     from embeddinggemma.serve.app import ServeOptions, create_app
+    from embeddinggemma.serve.connections import BoundedH11Protocol, ConnectionLimits
 
     sock = listen(config.host, config.port)
     start = time.perf_counter()
@@ -124,7 +136,8 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
     platform = jax.devices()[0].platform
     batcher = make_batcher(model, config)
     limits = Limits(config.max_inputs, config.max_request_bytes, config.max_input_tokens)
-    options = ServeOptions(config.served_model_name or default_served_name(model_id), limits, config.api_key)
+    name = config.served_model_name or default_served_name(model_id)
+    options = ServeOptions(name, limits, config.api_key, config.read_timeout, config.inline_request_bytes)
     app = create_app(model, batcher, options)
     host, port = sock.getsockname()[:2]
     logger.info(
@@ -142,8 +155,15 @@ def serve(load: Callable[[], EmbeddingGemma], model_id: str, config: ServerConfi
         len(batcher.shapes),
         ", ".join(f"{r}x{n}" for r, n in batcher.shapes),
     )
+    connection_limits = ConnectionLimits(config.read_timeout, config.shutdown_timeout, config.max_connections)
     uvicorn_config = uvicorn.Config(
-        app, log_config=None, access_log=False, timeout_graceful_shutdown=None, lifespan="on"
+        app,
+        http=functools.partial(BoundedH11Protocol, limits=connection_limits),
+        timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]  # a float works (call_later)
+        timeout_graceful_shutdown=None,  # the connections bound it (shutdown_timeout)
+        log_config=None,
+        access_log=False,
+        lifespan="on",
     )
     server = uvicorn.Server(uvicorn_config)
     threading.Thread(target=_watch_warm_up, args=(batcher, server, start), daemon=True).start()

@@ -2,7 +2,9 @@
 choices, whether required, nargs and metavar, as the single-module CLI defined them before the package was
 split into subpackages, plus what later changes added on purpose (benchmark and benchmark-train --layers,
 benchmark-train --device and --profile, aot --layers, the benchmark-compile command, serve
---warmup-threads, verify --overwrite). A change that adds, removes or alters an option updates the file with it."""
+--warmup-threads, verify --overwrite, serve's --read-timeout, --keep-alive-timeout, --shutdown-timeout,
+--max-connections and --inline-request-bytes). A change that adds, removes or alters an option updates the file
+with it."""
 
 from __future__ import annotations
 
