@@ -93,7 +93,9 @@ def test_matryoshka_loss_function_matches_sentence_transformers(tiny_dir, tiny_s
     # SentenceTransformer (its dimension, its hooks) and exactly our vectors.
     columns = [np.asarray(q), *np.swapaxes(np.asarray(d), 0, 1)]
     monkeypatch.setattr(
-        tiny_st, "forward", lambda features: {"sentence_embedding": torch.from_numpy(columns[features["column"]].copy())}
+        tiny_st,
+        "forward",
+        lambda features: {"sentence_embedding": torch.from_numpy(columns[features["column"]].copy())},
     )
     assert tiny_st.get_embedding_dimension() == TINY_DIMS[0]
     loss = MatryoshkaLoss(tiny_st, MultipleNegativesRankingLoss(tiny_st), list(TINY_DIMS))
