@@ -1,10 +1,8 @@
-"""The server under hostile clients: error bodies that echo whatever was sent, clients that vanish or stall,
-requests large enough to stall the event loop, messages that name the offending item; then a real server
-(`embeddinggemma serve`) fuzzed by schemathesis against its own OpenAPI schema, and loaded by normal clients
-while slow, vanishing and oversize ones hit it.
-
-The in-process tests use test_server's app over the gated fake device (instant batches); the real-server
-tests reuse test_server's compilation cache, so their server starts warm.
+"""The app under hostile clients, in-process over test_server's gated fake device (instant batches): error
+bodies that echo whatever was sent, clients that vanish or stall mid-body, a request large enough to stall the
+event loop, messages that name the offending item. What needs a real server (stalled headers, the connection
+limit, SIGTERM with stalled clients, schemathesis, the load-and-fault test) is in test_server.py, on its
+module's server.
 """
 
 from __future__ import annotations
