@@ -7,9 +7,10 @@
 #   MODEL=~/models/embeddinggemma-300m bash scripts/device_report.sh [REPORT.md]      # GPU, H100/H200 peak
 #   DEVICE=cpu SIZE=tiny REFERENCE=sentence-transformers MODEL=DIR bash scripts/device_report.sh out.md
 #
-# DEVICE gpu|cpu, PEAK_TFLOPS (default 989: H100/H200 dense bfloat16), SIZE full|tiny (tiny: a smoke test of
-# seconds per section), REFERENCE golden|sentence-transformers (golden needs the official checkpoint). A failing
-# section is reported and the rest still runs; the exit status is that of the first failure.
+# DEVICE gpu|cpu, PEAK_TFLOPS (default 989: H100/H200 dense bfloat16), SIZE full|tiny (tiny: the smoke test
+# CI runs, each section as small as it gets: verify of one backend and dtype, the compile table's encode rows),
+# REFERENCE golden|sentence-transformers (golden needs the official checkpoint). A failing section is reported
+# and the rest still runs; the exit status is that of the first failure.
 set -uo pipefail
 MODEL=${MODEL:-${EMBEDDINGGEMMA_CHECKPOINT:?set MODEL to a checkpoint directory}}
 REPORT=${1:-device-report.md}
@@ -17,10 +18,12 @@ DEVICE=${DEVICE:-gpu}
 SIZE=${SIZE:-full}
 REFERENCE=${REFERENCE:-golden}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
-if [ "$SIZE" = tiny ]; then
-  ENCODE=(--scale 1 --repeats 1 --only short); TRAIN=(--steps 4 --batch-size 8); COMPILE=(--programs encode,serve --serve-max-input-tokens 32)
+if [ "$SIZE" = tiny ]; then  # each section once, as little as it can do: the smoke test CI runs
+  VERIFY=(--attention dense --dtype float32); ENCODE=(--scale 1 --repeats 1 --only short)
+  TRAIN=(--steps 4 --batch-size 8); COMPILE=(--programs encode)
 else
-  ENCODE=(--scale 16 --short-batch 256 --long-batch 32); TRAIN=(--steps 12 --batch-size 64); COMPILE=()
+  VERIFY=(--attention all --dtype float32,bfloat16); ENCODE=(--scale 16 --short-batch 256 --long-batch 32)
+  TRAIN=(--steps 12 --batch-size 64); COMPILE=()
 fi
 status=0
 section() {  # section TITLE COMMAND...: a Markdown heading, the command, its output, its exit status
@@ -36,7 +39,7 @@ section() {  # section TITLE COMMAND...: a Markdown heading, the command, its ou
   if command -v nvidia-smi > /dev/null; then
     echo; echo '```text'; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo '```'
   fi
-  section "verify" embeddinggemma verify --model "$MODEL" --attention all --dtype float32,bfloat16 --reference "$REFERENCE"
+  section "verify" embeddinggemma verify --model "$MODEL" "${VERIFY[@]}" --reference "$REFERENCE"
   section "encode vs sentence-transformers, bfloat16" embeddinggemma benchmark --model "$MODEL" --device "$DEVICE" \
     --dtype bfloat16 --peak-tflops "$PEAK_TFLOPS" "${ENCODE[@]}"
   section "training vs sentence-transformers' trainer, bfloat16" embeddinggemma benchmark-train --model "$MODEL" \
